@@ -1,0 +1,144 @@
+"""Naming, writing and reading of the BIDS-Derivatives this app produces.
+
+One layer owns every output name (the idea of niworkflows' DerivativesDataSink):
+other modules ask for a path here instead of formatting file names.
+
+Layout of OUT (participant level)::
+
+    OUT/dataset_description.json, OUT/.bidsignore, OUT/sub-XX.html
+    OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz
+    OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz
+    OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat
+    OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-slices_T1w.npy (+ .json)
+    OUT/sub-XX/ses-PP/pet/sub-XX_ses-PP_trc-AV45_space-MNI152NLin2009aSym_desc-suvr_pet.nii.gz
+    OUT/sub-XX/ses-PP/pet/sub-XX_ses-PP_trc-AV45_space-MNI152NLin2009aSym_desc-slices_pet.npy
+
+Slice caches: a float16 array (n_slices, 224, 224), single channel, values as
+preprocessed (MRI in [0, 1]; PET as SUVR, not rescaled), memory-mappable with
+``np.load(mmap_mode="r")``; the JSON sidecar holds ``SliceIndices`` (sagittal
+indices on the template grid, in increasing order, one per array row) and the
+parameters that made it. MRI caches keep only slices whose mean ≥ 0.01; PET
+caches keep all candidate positions so any MRI's indices can be looked up.
+
+Example
+-------
+>>> from pathlib import Path
+>>> derivative_path(Path("/out"), "01", "02", "anat", suffix="T1w", ext=".nii.gz",
+...                 space="MNI152NLin2009aSym", desc="preproc").name
+'sub-01_ses-02_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz'
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bids_amyloid import __version__
+from bids_amyloid.config import TEMPLATE_SPACE
+from bids_amyloid.io import atomic_path, write_json
+
+# BIDS entity order (specification, "Entity table"), with the transform entities.
+ENTITY_ORDER = ("sub", "ses", "acq", "ce", "trc", "rec", "run", "from", "to", "mode",
+                "space", "res", "label", "desc")
+BIDSIGNORE = ["*_desc-slices_*", "*.html", "log/", "figures/", "group/", "predict/", "work/"]
+
+
+def bids_name(entities: dict[str, str | None], suffix: str, ext: str) -> str:
+    """``{"sub": "01", "desc": "preproc"}, "T1w", ".nii.gz"`` → a BIDS file name."""
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities {sorted(unknown)}")
+    parts = [f"{key}-{entities[key]}" for key in ENTITY_ORDER if entities.get(key)]
+    return "_".join([*parts, suffix]) + ext
+
+
+def derivative_path(out: Path, sub: str, ses: str | None, datatype: str, *, suffix: str,
+                    ext: str, **entities: str | None) -> Path:
+    """Path of a derivative under ``out/sub-<sub>[/ses-<ses>]/<datatype>/``.
+
+    Keyword entities may use ``from_`` for the ``from`` entity.
+    """
+    ents: dict[str, str | None] = {"sub": sub, "ses": ses}
+    ents.update({key.rstrip("_"): value for key, value in entities.items()})
+    folder = Path(out) / f"sub-{sub}"
+    if ses:
+        folder = folder / f"ses-{ses}"
+    return folder / datatype / bids_name(ents, suffix, ext)
+
+
+def mri_slice_cache(out: Path, sub: str, ses: str, contrast: str) -> Path:
+    return derivative_path(out, sub, ses, "anat", suffix=contrast, ext=".npy",
+                           space=TEMPLATE_SPACE, desc="slices")
+
+
+def pet_slice_cache(out: Path, sub: str, ses: str, tracer: str) -> Path:
+    return derivative_path(out, sub, ses, "pet", suffix="pet", ext=".npy", trc=tracer,
+                           space=TEMPLATE_SPACE, desc="slices")
+
+
+def sidecar_of(path: Path) -> Path:
+    """``x.nii.gz``/``x.npy``/``x.mat`` → ``x.json``."""
+    name = path.name
+    for ext in (".nii.gz", ".nii", ".npy", ".mat", ".h5", ".tsv"):
+        if name.endswith(ext):
+            return path.with_name(name[: -len(ext)] + ".json")
+    raise ValueError(f"no sidecar rule for {path}")
+
+
+def write_slice_cache(path: Path, slices: np.ndarray, indices: list[int],
+                      meta: dict[str, Any]) -> None:
+    """Write a slice cache (float16 array + JSON sidecar), each file atomically.
+
+    The sidecar is written last: a cache counts as finished only when both exist.
+    """
+    if slices.ndim != 3 or len(indices) != slices.shape[0]:
+        raise ValueError(f"slice cache {path}: {slices.shape} does not match {len(indices)} indices")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, slices.astype(np.float16))
+    write_json(sidecar_of(path), {**meta, "SliceIndices": [int(i) for i in indices]})
+
+
+def read_slice_cache(path: Path) -> tuple[np.ndarray, list[int], dict[str, Any]]:
+    """Memory-map a slice cache: ``(array (S, H, W) float16, indices, sidecar)``."""
+    meta = json.loads(sidecar_of(path).read_text())
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    return array, list(meta["SliceIndices"]), meta
+
+
+def dataset_description(container: str | None = None) -> dict[str, Any]:
+    generated: dict[str, Any] = {
+        "Name": "bids-amyloid",
+        "Version": __version__,
+        "CodeURL": "https://github.com/bids-amyloid/bids-amyloid",
+    }
+    if container:
+        generated["Container"] = {"Type": "docker", "Tag": container}
+    return {
+        "Name": "bids-amyloid derivatives",
+        "BIDSVersion": "1.10.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [generated],
+    }
+
+
+def init_output(out: Path, source: Path | None = None) -> None:
+    """Create OUT's ``dataset_description.json`` and ``.bidsignore`` if missing.
+
+    The container image sets ``BIDS_AMYLOID_CONTAINER`` so outputs name it.
+    """
+    import os
+
+    out.mkdir(parents=True, exist_ok=True)
+    desc = out / "dataset_description.json"
+    if not desc.exists():
+        data = dataset_description(os.environ.get("BIDS_AMYLOID_CONTAINER"))
+        if source is not None:
+            data["SourceDatasets"] = [{"URL": Path(source).resolve().as_uri()}]
+        write_json(desc, data)
+    ignore = out / ".bidsignore"
+    if not ignore.exists():
+        with atomic_path(ignore) as tmp:
+            tmp.write_text("\n".join(BIDSIGNORE) + "\n")

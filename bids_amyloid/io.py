@@ -1,0 +1,69 @@
+"""Atomic file writing: write to a temporary name beside the target, then rename.
+
+A run killed mid-write leaves no partial file under a final name.
+
+Example
+-------
+>>> import tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> with atomic_path(d / "a.txt") as tmp:
+...     _ = tmp.write_text("hello")
+>>> (d / "a.txt").read_text()
+'hello'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TMP_MARK = ".tmp-"
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path in ``target``'s folder; rename it to ``target`` on success.
+
+    The temporary name keeps ``target``'s suffixes (``.nii.gz``, ``.npy``) so
+    libraries that pick a format by extension still work.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes[-2:]) if target.name.endswith(".nii.gz") else target.suffix
+    fd, name = tempfile.mkstemp(prefix=TMP_MARK + target.name.split(".")[0] + "-",
+                                suffix=suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(target: Path | str, text: str) -> Path:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def write_json(target: Path | str, data: Any) -> Path:
+    """Write ``data`` as indented JSON atomically."""
+    return write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_stale_temporaries(folder: Path | str) -> int:
+    """Delete temporaries left by a killed run below ``folder``; return how many."""
+    count = 0
+    for path in Path(folder).rglob(TMP_MARK + "*"):
+        if path.is_file():
+            path.unlink()
+            count += 1
+    return count
