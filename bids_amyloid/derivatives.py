@@ -43,7 +43,8 @@ from bids_amyloid.io import atomic_path, write_json
 # BIDS entity order (specification, "Entity table"), with the transform entities.
 ENTITY_ORDER = ("sub", "ses", "acq", "ce", "trc", "rec", "run", "from", "to", "mode",
                 "space", "res", "label", "desc")
-BIDSIGNORE = ["*_desc-slices_*", "*.html", "log/", "figures/", "group/", "predict/", "work/"]
+# bids-validator-deno matches a bare name against every path component; "log/" matches nothing.
+BIDSIGNORE = ["*_desc-slices_*", "*_xfm.*", "*.html", "log", "figures", "group", "predict", "work"]
 
 
 def bids_name(entities: dict[str, str | None], suffix: str, ext: str) -> str:
@@ -108,6 +109,24 @@ def read_slice_cache(path: Path) -> tuple[np.ndarray, list[int], dict[str, Any]]
     return array, list(meta["SliceIndices"]), meta
 
 
+def figure_path(out: Path, sub: str, ses: str | None, *, desc: str, suffix: str,
+                ext: str = ".png", **entities: str | None) -> Path:
+    """A QC figure (or QC numbers, ``ext=".json"``) under ``out/sub-<sub>/figures/``."""
+    ents: dict[str, str | None] = {"sub": sub, "ses": ses, "desc": desc}
+    ents.update({key.rstrip("_"): value for key, value in entities.items()})
+    return Path(out) / f"sub-{sub}" / "figures" / bids_name(ents, suffix, ext)
+
+
+def log_path(out: Path, sub: str, unit: str) -> Path:
+    """Log of one session (``unit`` like ``ses-01`` or ``ses-02_trc-AV45``)."""
+    return Path(out) / f"sub-{sub}" / "log" / f"{unit}.log"
+
+
+def report_path(out: Path, sub: str) -> Path:
+    """The subject's self-contained QC page ``out/sub-<sub>.html``."""
+    return Path(out) / f"sub-{sub}.html"
+
+
 def dataset_description(container: str | None = None) -> dict[str, Any]:
     generated: dict[str, Any] = {
         "Name": "bids-amyloid",
@@ -136,9 +155,13 @@ def init_output(out: Path, source: Path | None = None) -> None:
     if not desc.exists():
         data = dataset_description(os.environ.get("BIDS_AMYLOID_CONTAINER"))
         if source is not None:
-            data["SourceDatasets"] = [{"URL": Path(source).resolve().as_uri()}]
+            uri = Path(source).resolve().as_uri()
+            data["SourceDatasets"] = [{"URL": uri}]
+            data["DatasetLinks"] = {"raw": uri}  # sidecars cite inputs as bids:raw:<path>
         write_json(desc, data)
     ignore = out / ".bidsignore"
-    if not ignore.exists():
+    lines = ignore.read_text().splitlines() if ignore.exists() else []
+    missing = [line for line in BIDSIGNORE if line not in lines]
+    if missing:  # keep the user's own lines, add ours
         with atomic_path(ignore) as tmp:
-            tmp.write_text("\n".join(BIDSIGNORE) + "\n")
+            tmp.write_text("\n".join([*lines, *missing]) + "\n")
