@@ -1,0 +1,1 @@
+"""Building blocks of the synthetic cohort (see :mod:`bids_amyloid.simulate`)."""
