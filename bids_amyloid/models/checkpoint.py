@@ -1,0 +1,213 @@
+"""Model files: plain tensors + JSON-able values, loaded only with ``weights_only=True``.
+
+A model file (``teacher.pt``, ``student_T1w.pt``) is a ``torch.save``'d dict::
+
+    format, format_version      "bids-amyloid-model", 1
+    role, contrasts             "teacher" | "student", ["T1w", ...]
+    config                      the full resolved AppConfig (config_to_dict)
+    backbone                    BackboneInfo: name, timm model, pretrained?, source, SHA-256 ...
+    lora_blocks                 blocks carrying LoRA adapters
+    state_dict                  trainable weights (LoRA, heads, contrast embeddings); plus the
+                                whole backbone when it was randomly initialised
+    meta                        caller's JSON-able dict: thresholds, training participants, metrics
+    versions, created_utc       package versions, UTC time of writing
+
+Nothing else: no pickled Python objects. :func:`load_model` reads with
+``torch.load(..., weights_only=True)``, so a file carrying such objects is
+refused before any of its code can run. A pretrained backbone is not stored;
+its weights are located as in :mod:`bids_amyloid.models.backbone` and must
+hash to the SHA-256 recorded at training, otherwise loading stops with a
+clear error.
+
+Example
+-------
+>>> import tempfile, pathlib, torch
+>>> from bids_amyloid.config import AppConfig, ModelConfig
+>>> from bids_amyloid.models import build_student
+>>> cfg = AppConfig(model=ModelConfig(backbone="test_vit"))
+>>> path = pathlib.Path(tempfile.mkdtemp()) / "student_T1w.pt"
+>>> _ = save_model(path, build_student(cfg, ("T1w",)), cfg, {"thresholds": {"fixed": 0.5}})
+>>> model, cfg2, meta = load_model(path)
+>>> model.role, model.contrasts, meta["thresholds"]
+('student', ('T1w',), {'fixed': 0.5})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import pickle
+import platform
+import zipfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bids_amyloid.config import AppConfig, ConfigError, config_from_dict, config_to_dict
+from bids_amyloid.errors import InputMissingError
+from bids_amyloid.io import atomic_path
+from bids_amyloid.models.backbone import BackboneInfo, BackboneWeightsError, build_backbone
+from bids_amyloid.models.lora import LORA_MARK, base_state_dict
+from bids_amyloid.models.networks import AmyloidNetwork, build_model
+
+LOG = logging.getLogger(__name__)
+
+FORMAT = "bids-amyloid-model"
+FORMAT_VERSION = 1
+REQUIRED = ("role", "contrasts", "config", "backbone", "lora_blocks", "state_dict", "meta")
+PACKAGES = ("bids-amyloid", "torch", "timm", "peft", "open_clip_torch", "numpy")
+BACKBONE_PREFIX = "backbone."
+
+
+class ModelFileError(InputMissingError):
+    """A model file is missing, unsafe, unreadable, or does not fit its backbone."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _json_clean(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(json.dumps(meta, allow_nan=True))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: meta must be JSON-serialisable (numbers, strings, lists, "
+                         f"dicts): {err}") from err
+
+
+def _is_backbone_base(key: str) -> bool:
+    return key.startswith(BACKBONE_PREFIX) and LORA_MARK not in key
+
+
+def model_state(model: AmyloidNetwork) -> dict[str, torch.Tensor]:
+    """The tensors a model file keeps (compact CPU copies)."""
+    keep_base = not model.backbone.info.pretrained
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()
+            if keep_base or not _is_backbone_base(k)}
+
+
+def save_model(path: Path | str, model: AmyloidNetwork, cfg: AppConfig,
+               meta: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` with its configuration and ``meta`` to ``path`` atomically."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "role": model.role,
+        "contrasts": list(model.contrasts),
+        "config": config_to_dict(cfg),
+        "backbone": model.backbone.info.to_dict(),
+        "lora_blocks": list(model.backbone.lora_blocks),
+        "state_dict": model_state(model),
+        "meta": _json_clean(meta or {}, path),
+        "versions": package_versions(),
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    LOG.info("wrote %s model (%s) to %s", model.role, "+".join(model.contrasts), path)
+    return path
+
+
+def read_model_file(path: Path | str) -> dict[str, Any]:
+    """The validated payload of a model file, without building the model.
+
+    Cheap enough to read a model's contrasts, configuration or training
+    participants before loading any weights.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(
+            f"{path}: refused to load: the file carries pickled Python objects, which could run "
+            f"code, instead of plain tensors and values ({str(err).splitlines()[0]}). Only model "
+            "files written by bids-amyloid are accepted.") from err
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise ModelFileError(f"{path}: not a readable model file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a bids-amyloid model file (no format = {FORMAT!r})")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model file format version {version!r} is newer than this "
+                             f"bids-amyloid reads ({FORMAT_VERSION}); upgrade bids-amyloid")
+    missing = [k for k in REQUIRED if k not in payload]
+    if missing:
+        raise ModelFileError(f"{path}: model file lacks {', '.join(missing)}")
+    return payload
+
+
+def _backbone_for(path: Path, payload: dict[str, Any], cfg: AppConfig,
+                  backbone_weights: Path | str | None):
+    recorded = BackboneInfo.from_dict(payload["backbone"])
+    if not recorded.pretrained:
+        return build_backbone(cfg.model, load_weights=False), recorded
+    weights = backbone_weights
+    if weights is None and cfg.model.backbone_weights and Path(cfg.model.backbone_weights).exists():
+        weights = cfg.model.backbone_weights
+    model_cfg = dataclasses.replace(cfg.model, backbone_weights=str(weights) if weights else None)
+    try:
+        backbone = build_backbone(model_cfg)
+    except BackboneWeightsError as err:
+        raise BackboneWeightsError(f"{path} needs the {recorded.name} backbone it was trained with "
+                                   f"(SHA-256 {recorded.sha256}). {err}") from err
+    if backbone.info.sha256 != recorded.sha256:
+        raise ModelFileError(
+            f"{path} was trained with {recorded.name} weights of SHA-256 {recorded.sha256} "
+            f"(from {recorded.source}), but the weights found at {backbone.info.source} hash to "
+            f"{backbone.info.sha256}: a different backbone would give different predictions. "
+            "Provide the original weights with --backbone-weights or $BIDS_AMYLOID_WEIGHTS.")
+    return backbone, recorded
+
+
+def load_model(path: Path | str, device: str | torch.device = "cpu",
+               backbone_weights: Path | str | None = None
+               ) -> tuple[AmyloidNetwork, AppConfig, dict[str, Any]]:
+    """Rebuild a saved model in eval mode; return ``(model, config, meta)``.
+
+    ``backbone_weights`` overrides where a pretrained backbone is looked for
+    (otherwise: the path recorded in the file if it still exists, then
+    ``$BIDS_AMYLOID_WEIGHTS``, then the Hugging Face cache).
+    """
+    path = Path(path)
+    payload = read_model_file(path)
+    try:
+        cfg = config_from_dict(payload["config"])
+    except ConfigError as err:
+        raise ModelFileError(f"{path}: its configuration does not fit this bids-amyloid: {err}") from err
+    try:
+        backbone, recorded = _backbone_for(path, payload, cfg, backbone_weights)
+        model = build_model(payload["role"], cfg, tuple(payload["contrasts"]), backbone)
+    except ValueError as err:
+        raise ModelFileError(f"{path}: cannot rebuild the model: {err}") from err
+    if list(model.backbone.lora_blocks) != list(payload["lora_blocks"]):
+        raise ModelFileError(f"{path}: LoRA on blocks {payload['lora_blocks']} but this build puts it "
+                             f"on {list(model.backbone.lora_blocks)}")
+    state = payload["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not (recorded.pretrained and _is_backbone_base(k))]
+    if missing or unexpected:
+        raise ModelFileError(f"{path}: weights do not fit the {payload['role']} network: "
+                             f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    if not recorded.pretrained:
+        from bids_amyloid.models.backbone import state_dict_sha256
+
+        if state_dict_sha256(base_state_dict(model.backbone.trunk)) != recorded.sha256:
+            raise ModelFileError(f"{path}: the stored backbone weights do not match their "
+                                 "recorded SHA-256 (corrupted file?)")
+        model.backbone.info = recorded
+        LOG.warning("%s uses a RANDOMLY INITIALISED %s backbone (test/demo model)", path,
+                    recorded.name)
+    return model.to(device).eval(), cfg, payload["meta"]
