@@ -1,0 +1,301 @@
+"""The cohort: MRI–PET pairs, labels, exclusions and the subject-level split.
+
+Rules (every value a :class:`bids_amyloid.config.CohortConfig` field):
+
+- one sample = one (MRI session, PET scan) pair: each amyloid PET scan is paired
+  with the same subject's closest MRI session within ``pair_window_days``
+  (365: 365 days apart is in, 366 out) that has every requested contrast;
+  all timepoints and tracers are kept;
+- label = Centiloid > threshold (strict; ``tracer_thresholds`` per tracer,
+  else ``centiloid_threshold``);
+- split: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=split_seed)``
+  over rows grouped by subject and stratified on the label; fold ``val_fold``
+  is validation, ``test_fold`` test, the rest train. A subject (all sessions,
+  all tracers) is in exactly one split;
+- a PET scan that cannot be used becomes a row of ``excluded.tsv`` with every
+  reason that applies (codes in :data:`EXCLUSION_CODES`).
+
+``cohort.tsv`` is sorted and formatted deterministically: same inputs and
+configuration → byte-identical file.
+
+Example
+-------
+>>> threshold_for("PIB", CohortConfig(tracer_thresholds={"PIB": 16.4}))
+16.4
+>>> label_of(20.6, 20.6), label_of(20.61, 20.6)
+(0, 1)
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_amyloid.bids import Inventory, PETScan, collect_inventory, days_apart, pair_pet_with_mri
+from bids_amyloid.config import MRI_CONTRASTS, AppConfig, CohortConfig
+from bids_amyloid.errors import (
+    InputDataError,
+    InputMissingError,
+    NothingSelectedError,
+    UsageError,
+)
+from bids_amyloid.io import write_json, write_text
+from bids_amyloid.options import RunOptions
+from bids_amyloid.tracers import normalise_tracer
+
+LOG = logging.getLogger(__name__)
+
+COHORT_COLUMNS = ("participant_id", "mri_session", "pet_session", "tracer", "centiloid",
+                  "label", "days_apart", "split")
+EXCLUDED_COLUMNS = ("participant_id", "pet_session", "tracer", "pet_file", "mri_session",
+                    "centiloid", "reason", "detail")
+SPLITS = ("train", "val", "test")
+EXCLUSION_CODES = {
+    "no_mri": "the subject has no MRI session",
+    "missing_contrast": "no MRI session of the subject has every requested contrast",
+    "no_mri_within_window": "no MRI session within the pairing window",
+    "no_date": "the PET or every candidate MRI session has no acquisition date",
+    "dates_not_comparable": "PET and MRI dates come from different kinds of source",
+    "centiloid_missing": "no Centiloid value",
+    "centiloid_nan": "Centiloid is NaN or infinite",
+    "centiloid_non_numeric": "Centiloid is not a number",
+    "centiloid_contradictory": "two sources give different Centiloid values",
+    "no_suvr_equation": "SUVR conversion chosen, but no equation for this tracer",
+    "not_amyloid_tracer": "the PET tracer is not an amyloid tracer",
+    "unknown_tracer": "the PET tracer cannot be determined",
+}
+
+
+def cohort_dir(out: Path, run_name: str) -> Path:
+    """``OUT/group/<run-name>/``."""
+    return Path(out) / "group" / run_name
+
+
+def threshold_for(tracer: str, cfg: CohortConfig) -> float:
+    """The Centiloid threshold of ``tracer`` (per-tracer override, else the default)."""
+    for name, value in cfg.tracer_thresholds.items():
+        try:
+            code = normalise_tracer(name)
+        except ValueError as err:
+            raise UsageError(f"cohort.tracer_thresholds: {err}") from err
+        if code == tracer:
+            return float(value)
+    return float(cfg.centiloid_threshold)
+
+
+def label_of(centiloid: float, threshold: float) -> int:
+    """1 if ``centiloid > threshold`` (strict), else 0."""
+    return int(centiloid > threshold)
+
+
+def required_contrasts(*groups: tuple[str, ...]) -> tuple[str, ...]:
+    """Union of contrast lists, in the canonical order (T1w, T2w, FLAIR, T2starw)."""
+    wanted = {c for group in groups for c in group}
+    return tuple(c for c in MRI_CONTRASTS if c in wanted)
+
+
+def _session(ses: str) -> str:
+    return f"ses-{ses}" if ses else "n/a"
+
+
+def _excluded_row(pet: PETScan, reasons: list[str], mri_ses: str | None) -> dict[str, object]:
+    codes = [r.split(":", 1)[0] for r in reasons]
+    return {
+        "participant_id": f"sub-{pet.sub}", "pet_session": _session(pet.ses),
+        "tracer": pet.tracer, "pet_file": pet.path.name,
+        "mri_session": _session(mri_ses) if mri_ses is not None else "n/a",
+        "centiloid": pet.centiloid, "reason": ";".join(codes),
+        "detail": " | ".join(r.split(":", 1)[-1].strip() for r in reasons),
+    }
+
+
+def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig) -> list[str]:
+    """Split labels per row: StratifiedGroupKFold on subjects, stratified on ``label``."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    subjects = cohort["participant_id"].to_numpy()
+    n_subjects = len(set(subjects))
+    if n_subjects < cfg.n_folds:
+        raise NothingSelectedError(
+            f"only {n_subjects} subjects pass the cohort rules; the {cfg.n_folds}-fold "
+            "subject-level split needs at least that many")
+    splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True,
+                                    random_state=cfg.split_seed)
+    labels = cohort["label"].to_numpy()
+    split = ["train"] * len(cohort)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folds = list(splitter.split(np.zeros(len(cohort)), labels, groups=subjects))
+    for warning in caught:
+        LOG.warning("split: %s", warning.message)
+    for fold, (_, test_idx) in enumerate(folds):
+        name = "val" if fold == cfg.val_fold else "test" if fold == cfg.test_fold else "train"
+        for i in test_idx:
+            split[i] = name
+    return split
+
+
+def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(cohort, excluded)`` data frames from an inventory.
+
+    ``contrasts`` defaults to ``cfg.cohort.contrasts``; pass the union of student
+    and teacher contrasts for a modality-consistent cohort.
+    """
+    ccfg = cfg.cohort
+    contrasts = contrasts or ccfg.contrasts
+    rows: list[dict[str, object]] = []
+    excluded: list[dict[str, object]] = []
+    for pet, mri, reason in pair_pet_with_mri(inv, contrasts, ccfg.pair_window_days):
+        if mri is None or pet.centiloid is None:
+            reasons = [reason] if mri is None else []
+            if pet.centiloid is None:
+                reasons.append(pet.centiloid_note)
+            excluded.append(_excluded_row(pet, reasons, mri.ses if mri else None))
+            continue
+        rows.append({
+            "participant_id": f"sub-{pet.sub}", "mri_session": _session(mri.ses),
+            "pet_session": _session(pet.ses), "tracer": pet.tracer,
+            "centiloid": float(pet.centiloid),
+            "label": label_of(pet.centiloid, threshold_for(pet.tracer, ccfg)),
+            "days_apart": days_apart(mri, pet), "split": "",
+        })
+    for skipped in inv.skipped:
+        code, _, detail = skipped.reason.partition(":")
+        excluded.append({
+            "participant_id": f"sub-{skipped.sub}", "pet_session": _session(skipped.ses),
+            "tracer": "n/a", "pet_file": skipped.path.name, "mri_session": "n/a",
+            "centiloid": None, "reason": code, "detail": detail.strip(),
+        })
+    cohort = pd.DataFrame(rows, columns=list(COHORT_COLUMNS))
+    cohort = cohort.sort_values(["participant_id", "pet_session", "tracer", "mri_session"],
+                                kind="stable").reset_index(drop=True)
+    cohort = cohort.astype({"label": int, "days_apart": int, "centiloid": float})
+    if len(cohort):
+        cohort["split"] = assign_splits(cohort, ccfg)
+    excl = pd.DataFrame(excluded, columns=list(EXCLUDED_COLUMNS))
+    excl = excl.sort_values(["participant_id", "pet_session", "pet_file"],
+                            kind="stable").reset_index(drop=True)
+    return cohort, excl
+
+
+def to_tsv(frame: pd.DataFrame) -> str:
+    """Deterministic TSV text (``n/a`` for missing, ``\\n`` line ends, shortest floats)."""
+    return frame.to_csv(sep="\t", index=False, lineterminator="\n", na_rep="n/a")
+
+
+def load_cohort(path: Path) -> pd.DataFrame:
+    """Read a ``cohort.tsv`` written by :func:`run_cohort_stage`, checking its columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissingError(f"cohort file {path} does not exist "
+                                "(run: bids-amyloid BIDS OUT group --stage cohort)")
+    frame = pd.read_csv(path, sep="\t", dtype={"participant_id": str, "mri_session": str,
+                                               "pet_session": str, "tracer": str,
+                                               "split": str},
+                        keep_default_na=False, na_values={"centiloid": ["n/a"]})
+    missing = [c for c in COHORT_COLUMNS if c not in frame.columns]
+    if missing:
+        raise InputDataError(f"{path}: missing columns {', '.join(missing)}")
+    bad = sorted(set(frame["split"]) - set(SPLITS))
+    if bad:
+        raise InputDataError(f"{path}: unknown split values {bad}")
+    try:
+        frame = frame.astype({"centiloid": float, "label": int, "days_apart": int})
+    except (TypeError, ValueError) as err:
+        raise InputDataError(f"{path}: {err}") from err
+    leaked = frame.groupby("participant_id")["split"].nunique()
+    if (leaked > 1).any():
+        raise InputDataError(f"{path}: subjects in several splits: "
+                             f"{', '.join(leaked[leaked > 1].index)}")
+    return frame[list(COHORT_COLUMNS)]
+
+
+def summary_table(cohort: pd.DataFrame) -> pd.DataFrame:
+    """A Table-1-like summary: pairs, subjects, % positive, Centiloid and tracers per split."""
+    rows = []
+    for name in (*SPLITS, "all"):
+        part = cohort if name == "all" else cohort[cohort["split"] == name]
+        if not len(part):
+            continue
+        tracers = part["tracer"].value_counts().sort_index()
+        rows.append({
+            "split": name, "pairs": len(part), "subjects": part["participant_id"].nunique(),
+            "positive_pct": round(100.0 * part["label"].mean(), 1),
+            "centiloid_mean": round(part["centiloid"].mean(), 1),
+            "centiloid_sd": round(part["centiloid"].std(ddof=1), 1) if len(part) > 1 else 0.0,
+            "days_apart_median": int(part["days_apart"].median()),
+            "tracers": ", ".join(f"{t} {n}" for t, n in tracers.items()),
+        })
+    return pd.DataFrame(rows)
+
+
+def format_summary(cohort: pd.DataFrame, excluded: pd.DataFrame) -> str:
+    """Printable summary: the table plus exclusion counts per reason."""
+    table = summary_table(cohort)
+    lines = ["Cohort (MRI–PET pairs per split)", table.to_string(index=False)]
+    if len(excluded):
+        counts = excluded["reason"].str.split(";").explode().value_counts().sort_index()
+        lines.append(f"Excluded PET scans: {len(excluded)}")
+        lines += [f"  {code:<24} {n:>5}  {EXCLUSION_CODES.get(code, '')}"
+                  for code, n in counts.items()]
+    return "\n".join(lines)
+
+
+def write_cohort(folder: Path, cohort: pd.DataFrame, excluded: pd.DataFrame,
+                 meta: dict[str, object]) -> tuple[Path, Path]:
+    """Write ``cohort.tsv``, ``excluded.tsv`` and ``cohort.json`` atomically."""
+    cohort_path = write_text(folder / "cohort.tsv", to_tsv(cohort))
+    excluded_path = write_text(folder / "excluded.tsv", to_tsv(excluded))
+    write_json(folder / "cohort.json", meta)
+    return cohort_path, excluded_path
+
+
+def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    """Collect, pair, label, split and write; returns ``(cohort, excluded, folder)``.
+
+    The contrasts are the union of ``cfg.cohort.contrasts`` and the teacher's
+    (``opts.teacher_contrasts``). Raises NothingSelectedError if no pair remains
+    (``excluded.tsv`` is written first so the reasons can be read).
+    """
+    contrasts = required_contrasts(cfg.cohort.contrasts, opts.teacher_contrasts)
+    inv = collect_inventory(opts, cfg)
+    cohort, excluded = build_cohort(inv, cfg, contrasts)
+    folder = cohort_dir(opts.output_dir, opts.run_name)
+    meta = {
+        "Description": "MRI-PET pairs, labels and subject-level split (bids-amyloid)",
+        "Contrasts": list(contrasts),
+        "PairWindowDays": cfg.cohort.pair_window_days,
+        "CentiloidThreshold": cfg.cohort.centiloid_threshold,
+        "TracerThresholds": {t: threshold_for(t, cfg.cohort)
+                             for t in sorted({p.tracer for p in inv.pet})},
+        "SUVREquation": cfg.cohort.suvr_equation,
+        "Split": {"Method": "StratifiedGroupKFold", "Folds": cfg.cohort.n_folds,
+                  "Seed": cfg.cohort.split_seed, "ValidationFold": cfg.cohort.val_fold,
+                  "TestFold": cfg.cohort.test_fold},
+        "Pairs": len(cohort), "Excluded": len(excluded),
+        "Sources": {f"sub-{p.sub}_ses-{p.ses}_{p.tracer}": p.centiloid_note for p in inv.pet},
+    }
+    if not len(cohort):
+        write_text(folder / "excluded.tsv", to_tsv(excluded))
+        raise NothingSelectedError(
+            f"no MRI–PET pair passes the cohort rules ({len(excluded)} PET scans excluded; "
+            f"reasons in {folder / 'excluded.tsv'})")
+    write_cohort(folder, cohort, excluded, meta)
+    return cohort, excluded, folder
+
+
+def run_cohort_stage(opts: RunOptions, cfg: AppConfig) -> int:
+    """``group --stage cohort``: write the cohort files and print the summary."""
+    from bids_amyloid.derivatives import init_output
+
+    init_output(Path(opts.output_dir), opts.bids_dir)
+    cohort, excluded, folder = make_cohort(opts, cfg)
+    # The command's user-facing result (like the paper's Table 1): printed, not logged.
+    print(format_summary(cohort, excluded))
+    print(f"Written: {folder / 'cohort.tsv'} and {folder / 'excluded.tsv'}")
+    return 0
