@@ -1,0 +1,300 @@
+"""Per-subject QC report: one self-contained HTML page, figures inlined as PNG.
+
+Each session contributes figures drawn while it ran (the native images live
+only in the work dir) plus a small QC JSON with its numbers; both are kept
+under ``OUT/sub-XX/figures/`` so the page can be rebuilt from any subset of
+re-run sessions. The page puts a one-line-per-session summary table on top
+(status, mask volume, registration similarity, SUVR reference mean) with
+anything suspicious in red, then per session:
+
+- the brain-mask contour (red) on the N4-corrected native image, 3 orthogonal
+  views at 3 positions: a strip that took skull or lost brain is obvious;
+- the registered MRI with the template's edges (cyan): misregistration shows
+  as edges that do not follow the anatomy;
+- the SUVR over the registered MRI, on one fixed colour scale for everybody.
+
+Plotting uses matplotlib's Agg canvas directly (no pyplot state, no display).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from bids_amyloid import __version__
+from bids_amyloid.derivatives import report_path
+from bids_amyloid.io import write_text
+
+LOG = logging.getLogger(__name__)
+
+MASK_VOLUME_ML = (800.0, 2200.0)  # adult brain masks outside this range are flagged
+SUVR_RANGE = (0.5, 2.5)  # one colour scale for every PET so uptake compares across pages
+QC_SUFFIX = "_qc.json"
+_VIEWS = ("sagittal", "coronal", "axial")
+_OFFSETS = (-0.2, 0.0, 0.2)  # positions as fractions of the object's extent around its centre
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A session or scan that failed in this run, shown in red on the page."""
+
+    unit: str  # e.g. "ses-01" or "ses-02 trc-AV45"
+    reason: str
+    log: str  # path of its log, relative to OUT
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _canonical(img: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
+    """Data in RAS+ voxel order (closest canonical) and its voxel sizes."""
+    canon = nib.as_closest_canonical(img)
+    data = np.asarray(canon.dataobj, dtype=np.float32)
+    if data.ndim == 4:
+        data = data.mean(axis=3)
+    return np.nan_to_num(data), np.asarray(canon.header.get_zooms()[:3], dtype=float)
+
+
+def _positions(weights: np.ndarray) -> list[tuple[int, int, int]]:
+    """Three (x, y, z) voxel positions around the centre of ``weights``' support."""
+    support = np.argwhere(weights > 0)
+    if support.size == 0:
+        support = np.argwhere(np.ones_like(weights, dtype=bool))
+    low, high = support.min(axis=0), support.max(axis=0)
+    centre = support.mean(axis=0)
+    out = []
+    for frac in _OFFSETS:
+        pos = np.clip(np.round(centre + frac * (high - low)), 0, np.array(weights.shape) - 1)
+        out.append((int(pos[0]), int(pos[1]), int(pos[2])))
+    return out
+
+
+def _cut(volume: np.ndarray, view: str, pos: tuple[int, int, int]) -> np.ndarray:
+    """A 2D slice ready for ``imshow(origin="lower")``: superior/anterior up."""
+    if view == "sagittal":
+        return volume[pos[0], :, :].T
+    if view == "coronal":
+        return volume[:, pos[1], :].T
+    return volume[:, :, pos[2]].T
+
+
+def _aspect(zooms: np.ndarray, view: str) -> float:
+    horizontal, vertical = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}[view]
+    return float(zooms[vertical] / zooms[horizontal])
+
+
+def _window(volume: np.ndarray) -> tuple[float, float]:
+    values = volume[volume > 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(values, (1.0, 99.5))
+    return float(low), float(max(high, low + 1e-6))
+
+
+def _mosaic(background: np.ndarray, zooms: np.ndarray, centre_on: np.ndarray, title: str,
+            draw: Any) -> bytes:
+    """3 views × 3 positions of ``background``; ``draw(ax, view, pos)`` adds overlays."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 7.8), facecolor="black")
+    FigureCanvasAgg(fig)
+    vmin, vmax = _window(background)
+    positions = _positions(centre_on)
+    for row, view in enumerate(_VIEWS):
+        for col, pos in enumerate(positions):
+            ax = fig.add_subplot(3, 3, row * 3 + col + 1)
+            ax.imshow(_cut(background, view, pos), cmap="gray", vmin=vmin, vmax=vmax,
+                      origin="lower", interpolation="nearest")
+            draw(ax, view, pos)
+            ax.set_aspect(_aspect(zooms, view))
+            ax.set_axis_off()
+    fig.suptitle(title, color="white", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.02, hspace=0.02)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=64, facecolor="black")
+    return buf.getvalue()
+
+
+def skullstrip_figure(image: nib.Nifti1Image, mask: nib.Nifti1Image, title: str) -> bytes:
+    """PNG: the brain-mask contour in red on the native (N4-corrected) image."""
+    data, zooms = _canonical(image)
+    mask_data, _ = _canonical(mask)
+    if mask_data.shape != data.shape:
+        raise ValueError(f"mask {mask_data.shape} and image {data.shape} grids differ")
+    outline = data if not mask_data.any() else mask_data
+
+    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
+        cut = _cut(mask_data, view, pos)
+        if cut.max() > 0.5 > cut.min():
+            ax.contour(cut, levels=[0.5], colors="red", linewidths=1.2, origin="lower")
+
+    return _mosaic(data, zooms, outline, title, draw)
+
+
+def registration_figure(image: nib.Nifti1Image, template: nib.Nifti1Image, title: str) -> bytes:
+    """PNG: the registered image with the template's edges (cyan) on top."""
+    data, zooms = _canonical(image)
+    tpl, _ = _canonical(template)
+    if tpl.shape != data.shape:
+        raise ValueError(f"template {tpl.shape} and image {data.shape} grids differ")
+    inside = tpl[tpl > 0]
+    levels = sorted(set(np.percentile(inside, (15, 65)).tolist())) if inside.size else [0.5]
+
+    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
+        cut = _cut(tpl, view, pos)
+        usable = [lv for lv in levels if cut.min() < lv < cut.max()]
+        if usable:
+            ax.contour(cut, levels=usable, colors="cyan", linewidths=0.8, origin="lower")
+
+    return _mosaic(data, zooms, tpl, title, draw)
+
+
+def pet_figure(suvr: nib.Nifti1Image, mri: nib.Nifti1Image, title: str) -> bytes:
+    """PNG: SUVR (hot, fixed scale :data:`SUVR_RANGE`) over the registered MRI."""
+    data, zooms = _canonical(mri)
+    pet, _ = _canonical(suvr)
+    if pet.shape != data.shape:
+        raise ValueError(f"SUVR {pet.shape} and MRI {data.shape} grids differ")
+    shown = np.ma.masked_less(pet, SUVR_RANGE[0] * 0.5)
+
+    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
+        ax.imshow(_cut(shown, view, pos), cmap="hot", vmin=SUVR_RANGE[0], vmax=SUVR_RANGE[1],
+                  alpha=0.55, origin="lower", interpolation="nearest")
+
+    title = f"{title}   (SUVR {SUVR_RANGE[0]:g} dark → {SUVR_RANGE[1]:g} white)"
+    return _mosaic(data, zooms, data, title, draw)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def flag_metrics(metrics: dict[str, float]) -> list[str]:
+    """Human-readable warnings for numbers outside their usual range."""
+    flags = []
+    volume = metrics.get("mask_volume_ml")
+    if volume is not None and not MASK_VOLUME_ML[0] <= volume <= MASK_VOLUME_ML[1]:
+        flags.append(f"brain mask {volume:.0f} ml is outside {MASK_VOLUME_ML[0]:.0f}–"
+                     f"{MASK_VOLUME_ML[1]:.0f} ml: check the skull strip")
+    for key, value in metrics.items():
+        if isinstance(value, float) and not np.isfinite(value):
+            flags.append(f"{key} is {value}")
+    return flags
+
+
+def read_qc(folder: Path) -> list[dict[str, Any]]:
+    """All QC JSONs of a subject, sorted by session then kind."""
+    records = []
+    for path in sorted(folder.glob(f"*{QC_SUFFIX}")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            LOG.warning("skipping unreadable QC file %s: %s", path, err)
+            continue
+        record["_folder"] = str(path.parent)
+        records.append(record)
+    return sorted(records, key=lambda r: (r.get("Session", ""), r.get("Kind", ""), r.get("Title", "")))
+
+
+# --------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{margin-bottom:0.2em} h2{border-bottom:1px solid #ccc;padding-top:0.6em}
+table{border-collapse:collapse;margin:0.5em 0} td,th{border:1px solid #ccc;padding:2px 8px;
+text-align:right} th{background:#eee} td.l,th.l{text-align:left}
+.bad{background:#fdd;color:#900;font-weight:bold} .ok{color:#070}
+.fail{border:3px solid #c00;background:#fee;padding:0.6em;margin:0.6em 0}
+.flag{color:#c00;font-weight:bold} figure{display:inline-block;margin:0.3em}
+figcaption{font-size:small;color:#444} img{max-width:100%}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def _summary_rows(records: list[dict[str, Any]], failures: list[Failure]) -> list[str]:
+    rows = []
+    for rec in records:
+        numbers = rec.get("Numbers", {})
+        for label, metrics in numbers.items():
+            flags = rec.get("Flags", {}).get(label, [])
+            status = f'<td class="bad l">CHECK: {_fmt("; ".join(flags))}</td>' if flags else \
+                '<td class="ok l">ok</td>'
+            rows.append(
+                f'<tr><td class="l">{_fmt(rec.get("Unit", ""))}</td><td class="l">{_fmt(label)}</td>'
+                f"<td>{_fmt(metrics.get('mask_volume_ml', ''))}</td>"
+                f"<td>{_fmt(_similarity(metrics))}</td>"
+                f"<td>{_fmt(metrics.get('reference_mean', ''))}</td>{status}</tr>")
+    for fail in failures:
+        rows.append(f'<tr class="bad"><td class="l">{_fmt(fail.unit)}</td><td class="l">—</td>'
+                    f'<td></td><td></td><td></td><td class="l">FAILED: {_fmt(fail.reason)}</td></tr>')
+    return rows
+
+
+def _similarity(metrics: dict[str, Any]) -> Any:
+    for key, value in metrics.items():
+        if "similarity" in key:
+            return value
+    return ""
+
+
+def _section(rec: dict[str, Any]) -> str:
+    parts = [f"<h2>{_fmt(rec.get('Title', rec.get('Unit', '')))}</h2>"]
+    for label, flags in rec.get("Flags", {}).items():
+        parts.extend(f'<p class="flag">{_fmt(label)}: {_fmt(flag)}</p>' for flag in flags)
+    for label, metrics in rec.get("Numbers", {}).items():
+        cells = "".join(f"<th>{_fmt(k)}</th>" for k in metrics)
+        values = "".join(f"<td>{_fmt(v)}</td>" for v in metrics.values())
+        parts.append(f'<table><tr><th class="l">{_fmt(label)}</th>{cells}</tr>'
+                     f'<tr><td class="l"></td>{values}</tr></table>')
+    folder = Path(rec["_folder"])
+    for fig in rec.get("Figures", []):
+        path = folder / fig["file"]
+        if not path.is_file():
+            parts.append(f'<p class="flag">missing figure {_fmt(fig["file"])}</p>')
+            continue
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{_fmt(fig["caption"])}" src="data:image/png;base64,'
+                     f'{data}"><figcaption>{_fmt(fig["caption"])}</figcaption></figure>')
+    return "\n".join(parts)
+
+
+def build_report(sub: str, records: list[dict[str, Any]], failures: Iterable[Failure]) -> str:
+    """The HTML text of one subject's page (no external resources)."""
+    failures = list(failures)
+    head = ('<tr><th class="l">session / scan</th><th class="l">image</th><th>mask volume (ml)</th>'
+            '<th>registration similarity</th><th>SUVR reference mean</th><th class="l">status</th></tr>')
+    body = [f"<h1>sub-{_fmt(sub)}</h1>",
+            f"<p>bids-amyloid {__version__} participant-level QC. Red contour: brain mask on the "
+            "native image. Cyan: template edges on the registered image. PET: SUVR over the "
+            "registered MRI.</p>",
+            "<table>" + head + "".join(_summary_rows(records, failures)) + "</table>"]
+    for fail in failures:
+        body.append(f'<div class="fail"><b>{_fmt(fail.unit)} FAILED</b>: {_fmt(fail.reason)}'
+                    f"<br>log: {_fmt(fail.log)}</div>")
+    body.extend(_section(rec) for rec in records)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>sub-{_fmt(sub)} QC</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def write_subject_report(out: Path, sub: str, failures: Iterable[Failure] = ()) -> Path:
+    """Rebuild ``OUT/sub-<sub>.html`` from the subject's QC files and this run's failures."""
+    records = read_qc(Path(out) / f"sub-{sub}" / "figures")
+    path = report_path(out, sub)
+    write_text(path, build_report(sub, records, failures))
+    return path
