@@ -170,6 +170,7 @@ class DistillConfig:
     gap_weight_early: float = 0.1
     gap_weight_late: float = 0.3
     gap_switch_epoch: int = 10
+    gap_coef: float = 0.1  # gap term: gap_coef·relu(margin − logit gap)·gap weight
     temperature_start: float = 2.5
     temperature_end: float = 1.0
     temperature_step: float = 0.1
@@ -210,6 +211,7 @@ class TrainConfig:
     threshold_grid: tuple[float, float, int] = (0.01, 0.99, 200)
     bootstrap: int = 1000
     ablate: tuple[str, ...] = ()  # no-pretrain | no-triplet | no-feature-kd | no-logit-kd
+    pet_scale: float = 3.0  # PET SUVR / pet_scale → ~[0, 1], one global factor (never per slice)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,216 @@
+"""Training data: MRI–PET pairs of ``cohort.tsv`` read from memory-mapped slice caches.
+
+Nothing is loaded up front: each sample maps its caches (``np.load(mmap_mode="r")``)
+and copies only the slices it uses, so RAM does not grow with the cohort. Of
+each MRI's kept slices, ``n_slices`` (25) evenly spaced ones are used, in
+numeric order of their sagittal index; the PET rows are looked up at the same
+indices (PET caches keep all 40 candidate positions). PET SUVR is divided by
+one global factor (``cfg.train.pet_scale``), never rescaled per slice.
+
+Example
+-------
+>>> even_positions(10, 4)
+[0, 3, 6, 9]
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from bids_amyloid import derivatives
+from bids_amyloid.errors import InputDataError
+
+LOG = logging.getLogger(__name__)
+
+
+def even_positions(n_available: int, n_wanted: int) -> list[int]:
+    """``n_wanted`` evenly spaced positions in ``range(n_available)`` (all if fewer)."""
+    if n_available <= n_wanted:
+        return list(range(n_available))
+    return sorted({int(k) for k in np.rint(np.linspace(0, n_available - 1, n_wanted))})
+
+
+def _strip(label: str, prefix: str) -> str:
+    label = str(label)
+    return label[len(prefix):] if label.startswith(prefix) else label
+
+
+@dataclass(frozen=True)
+class PairPaths:
+    """Slice caches of one cohort row."""
+
+    mri: dict[str, Path]
+    pet: Path
+
+
+def pair_paths(out: Path, row: pd.Series | dict[str, Any], contrasts: Sequence[str]) -> PairPaths:
+    """Cache paths of a cohort row (``participant_id``, ``mri_session``, ``pet_session``, ``tracer``)."""
+    sub = _strip(row["participant_id"], "sub-")
+    mri_ses = _strip(row["mri_session"], "ses-")
+    pet_ses = _strip(row["pet_session"], "ses-")
+    mri = {c: derivatives.mri_slice_cache(out, sub, mri_ses, c) for c in contrasts}
+    return PairPaths(mri=mri, pet=derivatives.pet_slice_cache(out, sub, pet_ses, str(row["tracer"])))
+
+
+def _finished(path: Path) -> bool:
+    return path.is_file() and derivatives.sidecar_of(path).is_file()
+
+
+def check_caches(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
+                 with_pet: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split cohort rows into those whose caches all exist and the others (with a reason)."""
+    keep, missing = [], []
+    for idx, row in cohort.iterrows():
+        paths = pair_paths(out, row, contrasts)
+        needed = list(paths.mri.values()) + ([paths.pet] if with_pet else [])
+        absent = [p for p in needed if not _finished(p)]
+        if absent:
+            missing.append({**row.to_dict(), "reason": "missing slice cache " + ", ".join(
+                str(p.relative_to(out)) for p in absent)})
+        else:
+            keep.append(idx)
+    return cohort.loc[keep].reset_index(drop=True), pd.DataFrame(missing)
+
+
+class SliceCacheDataset(Dataset):
+    """MRI (every contrast) and PET slices of cohort rows, from memory-mapped caches.
+
+    Items are dicts: ``mri`` {contrast: float32 (S, H, W)}, ``mri_mask``
+    {contrast: bool (S,)}, ``pet`` float32 (S, H, W) scaled SUVR, ``pet_mask``,
+    ``label``, ``centiloid``, ``index``. ``S = n_slices``; sessions with fewer
+    kept slices are zero-padded and masked. PET uses the first contrast's indices.
+    """
+
+    def __init__(self, cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
+                 n_slices: int = 25, with_pet: bool = True, pet_scale: float = 3.0) -> None:
+        if not contrasts:
+            raise ValueError("at least one MRI contrast is needed")
+        self.rows = cohort.reset_index(drop=True)
+        self.out = Path(out)
+        self.contrasts = tuple(contrasts)
+        self.n_slices = int(n_slices)
+        self.with_pet = with_pet
+        self.pet_scale = float(pet_scale)
+        self.paths = [pair_paths(self.out, r, self.contrasts) for _, r in self.rows.iterrows()]
+        self.labels = self.rows["label"].astype(int).to_numpy()
+        self.subjects = self.rows["participant_id"].astype(str).tolist()
+        self.centiloids = pd.to_numeric(self.rows["centiloid"], errors="coerce").to_numpy(float)
+        self._maps: dict[Path, tuple[np.ndarray, list[int]]] = {}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _cache(self, path: Path) -> tuple[np.ndarray, list[int]]:
+        if path not in self._maps:
+            try:
+                array, indices, _ = derivatives.read_slice_cache(path)
+            except (OSError, ValueError, KeyError) as err:
+                raise InputDataError(f"{path}: cannot read slice cache ({err})") from err
+            if array.ndim != 3 or array.shape[0] != len(indices):
+                raise InputDataError(f"{path}: array {array.shape} does not match "
+                                     f"{len(indices)} SliceIndices")
+            self._maps[path] = (array, [int(i) for i in indices])
+        return self._maps[path]
+
+    def _padded(self, array: np.ndarray, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = array.shape[1:]
+        out = np.zeros((self.n_slices, height, width), dtype=np.float32)
+        if rows:
+            out[: len(rows)] = array[np.asarray(rows)]
+        mask = torch.zeros(self.n_slices, dtype=torch.bool)
+        mask[: len(rows)] = True
+        return torch.from_numpy(out), mask
+
+    def mri_rows(self, i: int, contrast: str) -> tuple[list[int], list[int]]:
+        """Array rows and sagittal indices of the slices used for ``contrast``."""
+        _, indices = self._cache(self.paths[i].mri[contrast])
+        order = sorted(range(len(indices)), key=lambda k: indices[k])
+        chosen = [order[k] for k in even_positions(len(order), self.n_slices)]
+        return chosen, [indices[k] for k in chosen]
+
+    def pet_item(self, i: int, slice_indices: Sequence[int] | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """PET slices of sample ``i`` at ``slice_indices`` (default: its own MRI's)."""
+        if slice_indices is None:
+            slice_indices = self.mri_rows(i, self.contrasts[0])[1]
+        path = self.paths[i].pet
+        array, indices = self._cache(path)
+        lookup = {idx: row for row, idx in enumerate(indices)}
+        absent = [s for s in slice_indices if s not in lookup]
+        if absent:
+            raise InputDataError(f"{path}: no PET slice at sagittal indices {absent} "
+                                 f"(has {indices[0]}…{indices[-1]})")
+        pet, mask = self._padded(array, [lookup[s] for s in slice_indices])
+        return pet / self.pet_scale, mask
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        mri, mri_mask = {}, {}
+        used: list[int] = []
+        for k, contrast in enumerate(self.contrasts):
+            rows, indices = self.mri_rows(i, contrast)
+            mri[contrast], mri_mask[contrast] = self._padded(
+                self._cache(self.paths[i].mri[contrast])[0], rows)
+            if k == 0:
+                used = indices
+        item: dict[str, Any] = {"index": i, "label": float(self.labels[i]),
+                                "centiloid": float(self.centiloids[i]),
+                                "mri": mri, "mri_mask": mri_mask}
+        if self.with_pet:
+            item["pet"], item["pet_mask"] = self.pet_item(i, used)
+        return item
+
+
+def class_weights(labels: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """Per-sample weight = 1 / (count of the sample's class): inverse class frequency."""
+    y = np.asarray(labels, dtype=int)
+    counts = np.bincount(y, minlength=2).astype(float)
+    return torch.as_tensor(1.0 / counts[y], dtype=torch.double)
+
+
+class WeightedEpochSampler(Sampler[int]):
+    """WeightedRandomSampler (inverse class frequency) that also works under DDP.
+
+    Each epoch draws ``num_samples`` indices with replacement from a generator
+    seeded with ``(seed, epoch)`` — identical on every rank — and rank ``r``
+    takes positions ``r, r + world, …``. The draw depends only on seed and
+    epoch, so a resumed run sees the same batches.
+    """
+
+    def __init__(self, labels: Sequence[int] | np.ndarray, seed: int, rank: int = 0,
+                 world: int = 1, num_samples: int | None = None) -> None:
+        self.weights = class_weights(labels)
+        self.seed, self.rank, self.world = int(seed), int(rank), int(world)
+        total = num_samples if num_samples is not None else len(self.weights)
+        self.total = int(np.ceil(total / self.world) * self.world)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def draw(self) -> torch.Tensor:
+        """This epoch's indices for all ranks together."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.multinomial(self.weights, self.total, replacement=True, generator=gen)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.draw()[self.rank::self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.total // self.world
+
+
+def make_loader(dataset: SliceCacheDataset, batch_size: int, sampler: Sampler[int] | None = None,
+                num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Training loader (with ``sampler``) or in-order evaluation loader (without)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
+                      num_workers=num_workers, pin_memory=pin_memory,
+                      persistent_workers=num_workers > 0, drop_last=False)

@@ -1,0 +1,388 @@
+"""The one training loop every phase runs through.
+
+A phase (see :mod:`bids_amyloid.train.phases`) supplies its network, losses,
+optimiser, scheduler, clipping and validation; this loop does the rest once:
+per-epoch seeding, AMP (bf16, or fp16 with a gradient scaler, on CUDA),
+gradient accumulation, clipping, the LR scheduler, validation, checkpoint
+selection, early stopping, per-epoch checkpoints (model, optimiser,
+scheduler, scaler, RNG state, history) so ``--resume`` continues exactly, the
+``training.tsv`` log and DDP (only rank 0 writes).
+
+Every epoch starts by reseeding all random generators from ``(seed, phase,
+epoch, rank)``: an epoch's batches, augmentations, negatives and dropout
+masks depend on nothing else, which is what makes a resumed run end with the
+same metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bids_amyloid.io import atomic_path, write_json, write_text
+
+LOG = logging.getLogger(__name__)
+PHASE_IDS = {"pretrain": 1, "contrastive": 2, "distill": 3}
+
+
+class Task(Protocol):
+    """What a phase gives the loop."""
+
+    name: str
+    model: nn.Module            # the trained network (checkpointed)
+    net: nn.Module              # forward(batch) -> dict of losses incl. "loss" (DDP-wrapped)
+    max_epochs: int
+    patience: int
+    accumulation: int
+    selections: tuple[str, ...]  # validation keys to maximise; the first drives early stopping
+    scheduler_mode: str          # "step", "epoch", "plateau" or "none"
+
+    def make_optimizer(self) -> torch.optim.Optimizer: ...
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any: ...
+    def clip(self, epoch: int) -> float: ...
+    def schedule_values(self, epoch: int) -> dict[str, float]: ...
+    def train_mode(self) -> None: ...
+    def prepare(self, batch: dict[str, Any], epoch: int, rngs: EpochRNG) -> dict[str, Any]: ...
+    def validate(self, epoch: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class EpochRNG:
+    """Generators of one epoch: augmentation (torch, on the device) and mining (numpy)."""
+
+    augment: torch.Generator
+    mining: np.random.Generator
+
+
+@dataclass
+class LoopSettings:
+    device: torch.device
+    seed: int = 42
+    amp: bool = True
+    rank: int = 0
+    world: int = 1
+    progress: bool = False
+    max_steps_per_epoch: int | None = None   # benchmarks only
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_score: dict[str, float] = field(default_factory=dict)
+    best_epoch: dict[str, int] = field(default_factory=dict)
+    stopped_early: bool = False
+
+
+def epoch_seed(seed: int, phase: str, epoch: int, rank: int = 0) -> int:
+    """The seed of one epoch of one phase on one rank."""
+    return (seed * 1_000_003 + PHASE_IDS.get(phase, 0) * 10_007 + epoch * 101 + rank) % 2**63
+
+
+def seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16; None (full precision) on CPU or without AMP."""
+    if not amp or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that train, plus buffers: what a checkpoint must hold."""
+    keep = {n for n, p in model.named_parameters() if p.requires_grad}
+    keep |= {n for n, _ in model.named_buffers()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keep}
+
+
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a :func:`trainable_state`; every trainable parameter must be in it."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    needed = {n for n, p in model.named_parameters() if p.requires_grad}
+    absent = sorted(set(missing) & needed)
+    if absent or unexpected:
+        raise ValueError(f"{source}: checkpoint does not fit the model "
+                         f"(missing {absent[:5]}, unexpected {list(unexpected)[:5]})")
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(),
+                             "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for bad files
+        raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
+
+
+class TrainingLog:
+    """``training.tsv``: one row per epoch of every phase; list-valued fields stay out."""
+
+    def __init__(self, path: Path | None, earlier: list[dict[str, Any]] | None = None) -> None:
+        self.path = path
+        self.earlier = list(earlier or [])
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        flat = [{k: v for k, v in r.items() if not k.startswith("_")} for r in self.earlier + rows]
+        columns = ["phase", "epoch"]
+        for r in flat:
+            columns.extend(k for k in r if k not in columns)
+        frame = pd.DataFrame(flat, columns=columns)
+        with atomic_path(self.path) as tmp:
+            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+
+
+def _groups(n_batches: int, accumulation: int) -> list[int]:
+    """Micro-batches in the optimiser step each batch belongs to."""
+    return [min(accumulation, n_batches - (i // accumulation) * accumulation)
+            for i in range(n_batches)]
+
+
+def _progress(iterable: DataLoader, enabled: bool, desc: str) -> Iterator[Any] | DataLoader:
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, leave=False)
+
+
+def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
+
+
+def _improved(score: float, best: float | None) -> bool:
+    return math.isfinite(score) and (best is None or score > best + 1e-12)
+
+
+class Trainer:
+    """Runs one task to completion, with checkpoints under ``ckpt_dir`` (``last.pt``, ``best_<key>.pt``)."""
+
+    def __init__(self, task: Task, loader: DataLoader, settings: LoopSettings, ckpt_dir: Path,
+                 log: TrainingLog, on_epoch: Callable[[dict[str, Any]], None] | None = None
+                 ) -> None:
+        self.task, self.loader, self.s = task, loader, settings
+        self.ckpt_dir, self.log, self.on_epoch = ckpt_dir, log, on_epoch
+        self.optimizer = task.make_optimizer()
+        self.scheduler = task.make_scheduler(self.optimizer)
+        self.dtype = autocast_dtype(settings.device, settings.amp)
+        use_scaler = self.dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        self.result = FitResult()
+        self.bad_epochs = 0
+        self.start_epoch = 0
+
+    @property
+    def writer(self) -> bool:
+        return self.s.rank == 0
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _save_last(self, epoch: int) -> None:
+        if not self.writer:
+            return
+        save_checkpoint(self.ckpt_dir / "last.pt", {
+            "phase": self.task.name, "epoch": epoch, "model": trainable_state(self.task.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "best_score": dict(self.result.best_score), "best_epoch": dict(self.result.best_epoch),
+            "bad_epochs": self.bad_epochs, "history": self.result.history,
+        })
+        write_text(self.ckpt_dir / "history.json", json.dumps(self.result.history, indent=1))
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` if there is one; True if it was loaded."""
+        path = self.ckpt_dir / "last.pt"
+        if not path.is_file():
+            return False
+        ck = load_checkpoint(path)
+        if ck.get("phase") != self.task.name:
+            raise ValueError(f"{path}: checkpoint of phase {ck.get('phase')!r}, not {self.task.name!r}")
+        load_trainable_state(self.task.model, ck["model"], path)
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None and ck["scheduler"]:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        set_rng_state(ck["rng"])
+        self.result.history = list(ck["history"])
+        self.result.best_score = dict(ck["best_score"])
+        self.result.best_epoch = {k: int(v) for k, v in ck["best_epoch"].items()}
+        self.bad_epochs = int(ck["bad_epochs"])
+        self.start_epoch = int(ck["epoch"]) + 1
+        LOG.info("%s: resuming after epoch %d from %s", self.task.name, ck["epoch"], path)
+        return True
+
+    # -- one epoch ---------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.s.device.type, dtype=self.dtype)
+
+    def _rngs(self, epoch: int) -> EpochRNG:
+        seed = epoch_seed(self.s.seed, self.task.name, epoch, self.s.rank)
+        seed_all(seed)
+        dev = self.s.device
+        gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
+        return EpochRNG(augment=gen, mining=np.random.default_rng(seed))
+
+    def _step(self, clip: float) -> float:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.task.scheduler_mode == "step" and self.scheduler is not None:
+            self.scheduler.step()
+        return float(norm)
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        task, rngs = self.task, self._rngs(epoch)
+        sampler = getattr(self.loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+        task.train_mode()
+        clip = task.clip(epoch)
+        n = len(self.loader)
+        if self.s.max_steps_per_epoch is not None:
+            n = min(n, self.s.max_steps_per_epoch)
+        sizes = _groups(n, task.accumulation)
+        sums: dict[str, float] = {}
+        norms, samples = [], 0
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, raw in enumerate(_progress(self.loader, self.s.progress and self.writer,
+                                          f"{task.name} {epoch}")):
+            if i >= n:
+                break
+            batch = task.prepare(raw, epoch, rngs)
+            closes = (i + 1) % task.accumulation == 0 or i == n - 1
+            sync = contextlib.nullcontext()
+            if self.s.world > 1 and not closes and hasattr(task.net, "no_sync"):
+                sync = task.net.no_sync()
+            with sync:
+                with self._autocast():
+                    out = task.net(batch)
+                loss = out["loss"].float()
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{task.name} epoch {epoch}: loss is {loss.item()}")
+                self.scaler.scale(loss / sizes[i]).backward()
+            if closes:
+                norms.append(self._step(clip))
+            size = int(batch["label"].shape[0])
+            samples += size
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
+        stats = {f"train_{k}": v / max(samples, 1) for k, v in sums.items()}
+        stats["train_samples"] = float(samples)
+        stats["grad_norm"] = float(np.mean(norms)) if norms else float("nan")
+        stats["clip"] = clip
+        return stats
+
+    # -- the phase ---------------------------------------------------------------------------
+    def _select(self, epoch: int, val: dict[str, Any]) -> None:
+        for i, key in enumerate(self.task.selections):
+            score = float(val[key])
+            if _improved(score, self.result.best_score.get(key)):
+                self.result.best_score[key] = score
+                self.result.best_epoch[key] = epoch
+                if self.writer:
+                    save_checkpoint(self.ckpt_dir / f"best_{key}.pt",
+                                    {"epoch": epoch, "score": score,
+                                     "model": trainable_state(self.task.model)})
+                if i == 0:
+                    self.bad_epochs = 0
+            elif i == 0:
+                self.bad_epochs += 1
+
+    def fit(self) -> FitResult:
+        task = self.task
+        if self.start_epoch >= task.max_epochs or self._stopped():
+            return self.result
+        for epoch in range(self.start_epoch, task.max_epochs):
+            start = time.perf_counter()
+            lrs = _lrs(self.optimizer)
+            row: dict[str, Any] = {"phase": task.name, "epoch": epoch, **lrs,
+                                   **task.schedule_values(epoch)}
+            row.update(self.train_epoch(epoch))
+            seconds = time.perf_counter() - start
+            val = task.validate(epoch)
+            if task.scheduler_mode == "plateau" and self.scheduler is not None:
+                self.scheduler.step(float(val[task.selections[0]]))
+            elif task.scheduler_mode == "epoch" and self.scheduler is not None:
+                self.scheduler.step()
+            self._select(epoch, val)
+            row.update({f"val_{k}" if not k.startswith("_") else k: v for k, v in val.items()})
+            row["seconds"] = seconds
+            row["samples_per_s"] = row["train_samples"] / max(seconds, 1e-9)
+            row["bad_epochs"] = self.bad_epochs
+            self.result.history.append(row)
+            self._save_last(epoch)
+            if self.writer:
+                self.log.write(self.result.history)
+            if self.on_epoch is not None:
+                self.on_epoch(row)
+            LOG.info("%s epoch %d: loss %.4f, %s %.4f (best %.4f @ %d), %.1f samples/s",
+                     task.name, epoch, row.get("train_loss", float("nan")), task.selections[0],
+                     float(val[task.selections[0]]), self.result.best_score.get(task.selections[0],
+                                                                                float("nan")),
+                     self.result.best_epoch.get(task.selections[0], -1), row["samples_per_s"])
+            if self._stopped():
+                LOG.info("%s: early stop after epoch %d (patience %d)", task.name, epoch,
+                         task.patience)
+                self.result.stopped_early = True
+                break
+        if self.writer:
+            write_json(self.ckpt_dir / "done.json", {
+                "phase": task.name, "epochs": len(self.result.history),
+                "best_score": self.result.best_score, "best_epoch": self.result.best_epoch,
+                "stopped_early": self.result.stopped_early})
+        return self.result
+
+    def _stopped(self) -> bool:
+        return self.bad_epochs >= self.task.patience
+
+
+def load_best(model: nn.Module, ckpt_dir: Path, key: str) -> int:
+    """Load ``best_<key>.pt`` into ``model``; return its epoch."""
+    path = ckpt_dir / f"best_{key}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no best checkpoint (did the phase run any epoch?)")
+    ck = load_checkpoint(path)
+    load_trainable_state(model, ck["model"], path)
+    return int(ck["epoch"])

@@ -1,0 +1,448 @@
+"""The three training phases as small task objects for :class:`~bids_amyloid.train.loop.Trainer`.
+
+A phase is its network-with-losses (an ``nn.Module`` whose ``forward(batch)``
+returns a dict of losses, so DDP can wrap it), its optimiser groups, its
+scheduler and clipping, its per-epoch schedule values, its batch preparation
+(device transfer, augmentation, negatives, contrast dropout) and its
+validation with the checkpoint-selection scores:
+
+========== ==================================== =========================================
+phase      loss                                 selection (maximised on validation)
+========== ==================================== =========================================
+pretrain   BCE                                  ``f1@0.5``
+contrastive triplet + BCE + norm + s·penalties  ``score`` = valid − 0.1·triplet + 0.5·F1@0.5
+distill    a·MarginFocal + b·feature KD + c·KD  ``f1@tau`` (early stop), ``cosine``
+========== ==================================== =========================================
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from bids_amyloid.config import AppConfig
+from bids_amyloid.train import losses, schedules
+from bids_amyloid.train.augment import augment_sample_images
+from bids_amyloid.train.data import SliceCacheDataset
+from bids_amyloid.train.loop import EpochRNG
+from bids_amyloid.train.metrics import auc, best_threshold, binary_metrics
+from bids_amyloid.train.mining import NegativePool
+
+LOG = logging.getLogger(__name__)
+VAL_MINING_SEED = 12345
+
+
+def model_images(x: Tensor, cfg: AppConfig) -> Tensor:
+    """Slices (…, H, W) in [0, 1] → model images (…, 3, S, S): resized, 3 channels, CLIP-normalised.
+
+    Uses :func:`bids_amyloid.models.prepare_slices`, the helper predict uses too.
+    """
+    from bids_amyloid.models import prepare_slices
+
+    return prepare_slices(x, mean=cfg.model.clip_mean, std=cfg.model.clip_std,
+                          size=cfg.model.image_size)
+
+
+@dataclass
+class PhaseContext:
+    """What every phase needs besides its model."""
+
+    cfg: AppConfig
+    device: torch.device
+    train: SliceCacheDataset
+    val: SliceCacheDataset
+    val_loader: DataLoader
+    teacher_contrasts: tuple[str, ...]
+    student_contrasts: tuple[str, ...]
+    images: Callable[[Tensor, AppConfig], Tensor] = model_images
+    wrap: Callable[[nn.Module], nn.Module] = lambda m: m   # DDP wrapper under torchrun
+
+
+# -- batch preparation ------------------------------------------------------------------------
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, dict):
+            out[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
+        elif isinstance(value, Tensor):
+            out[key] = value.to(device, non_blocking=True)
+        else:
+            out[key] = value
+    return out
+
+
+def prepare_images(batch: dict[str, Any], ctx: PhaseContext, rngs: EpochRNG | None,
+                   extra: dict[str, Tensor] | None = None) -> dict[str, Any]:
+    """Move to the device, augment (if ``rngs``; one draw per sample for all its images),
+    and convert to model input (:func:`model_images`).
+
+    ``extra`` images (e.g. a negative's PET) are augmented with their own draw.
+    """
+    batch = _to(batch, ctx.device)
+    images: dict[str, Tensor] = {f"mri:{c}": v.float() for c, v in batch["mri"].items()}
+    if "pet" in batch:
+        images["pet"] = batch["pet"].float()
+    if rngs is not None and ctx.cfg.augment.enabled:
+        images = augment_sample_images(images, ctx.cfg.augment, rngs.augment)
+        if extra:
+            extra = augment_sample_images({k: v.to(ctx.device).float() for k, v in extra.items()},
+                                          ctx.cfg.augment, rngs.augment)
+    for key, value in {**images, **(extra or {})}.items():
+        model_in = ctx.images(value.to(ctx.device), ctx.cfg)
+        if key.startswith("mri:"):
+            batch["mri"][key[4:]] = model_in
+        else:
+            batch[key] = model_in
+    batch["label"] = batch["label"].float()
+    return batch
+
+
+def subset(batch: dict[str, Any], contrasts: tuple[str, ...]) -> tuple[dict, dict]:
+    return ({c: batch["mri"][c] for c in contrasts}, {c: batch["mri_mask"][c] for c in contrasts})
+
+
+def _named_groups(model: nn.Module, spec: list[tuple[str, tuple[str, ...], float, float]]
+                  ) -> list[dict[str, Any]]:
+    """AdamW groups from ``model.param_groups()``: (name, keys, lr, weight decay)."""
+    available = model.param_groups()
+    groups = []
+    for name, keys, lr, wd in spec:
+        params = [p for k in keys for p in available.get(k, []) if p.requires_grad]
+        if params:
+            groups.append({"name": name, "params": params, "lr": lr, "weight_decay": wd})
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    return groups
+
+
+@torch.no_grad()
+def collect(ctx: PhaseContext, forward: Callable[[dict[str, Any]], Any],
+            loader: DataLoader | None = None) -> dict[str, np.ndarray]:
+    """Run ``forward`` (returning logits (B,) and embeddings (B, D)) over ``loader``
+    (default: the validation set), without augmentation."""
+    logits, embeds, labels, index = [], [], [], []
+    for raw in loader if loader is not None else ctx.val_loader:
+        batch = prepare_images(raw, ctx, None)
+        logit, emb = forward(batch)
+        logits.append(logit.float().cpu())
+        embeds.append(emb.float().cpu())
+        labels.append(batch["label"].cpu())
+        index.append(batch["index"].cpu())
+    return {"logit": torch.cat(logits).numpy(), "embedding": torch.cat(embeds).numpy(),
+            "label": torch.cat(labels).numpy(), "index": torch.cat(index).numpy()}
+
+
+def _classification(out: dict[str, np.ndarray], grid: tuple[float, float, int]) -> dict[str, Any]:
+    probs = 1.0 / (1.0 + np.exp(-out["logit"]))
+    tau = best_threshold(out["label"], probs, grid)
+    at_half = binary_metrics(out["label"], probs, 0.5)
+    at_tau = binary_metrics(out["label"], probs, tau)
+    bce = float(F.binary_cross_entropy_with_logits(torch.as_tensor(out["logit"]),
+                                                   torch.as_tensor(out["label"])).item())
+    return {"bce": bce, "auc": auc(out["label"], probs), "f1@0.5": at_half["f1"],
+            "accuracy@0.5": at_half["accuracy"], "tau": tau, "f1@tau": at_tau["f1"],
+            "_probs": [float(p) for p in probs], "_labels": [int(v) for v in out["label"]]}
+
+
+# -- networks with their losses -----------------------------------------------------------------
+class PretrainNet(nn.Module):
+    """Phase 1: the teacher and its BCE."""
+
+    def __init__(self, teacher: nn.Module, contrasts: tuple[str, ...], pos_weight: float) -> None:
+        super().__init__()
+        self.teacher, self.contrasts, self.pos_weight = teacher, contrasts, pos_weight
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        mri, mask = subset(batch, self.contrasts)
+        out = self.teacher(mri, mask, batch["pet"], batch["pet_mask"])
+        bce = losses.bce_loss(out.logit.float(), batch["label"], self.pos_weight)
+        return {"loss": bce, "bce": bce}
+
+
+class ContrastiveNet(nn.Module):
+    """Phase 2: anchor (PET query over MRI), positive/negative PET embeddings, their losses."""
+
+    def __init__(self, teacher: nn.Module, contrasts: tuple[str, ...], cfg: AppConfig) -> None:
+        super().__init__()
+        self.teacher, self.contrasts, self.c = teacher, contrasts, cfg.contrastive
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        mri, mask = subset(batch, self.contrasts)
+        out = self.teacher.forward_triplet(mri, mask, batch["pet"], batch["pet_mask"],
+                                           batch["neg_pet"], batch["neg_pet_mask"])
+        c = self.c
+        return losses.contrastive_terms(
+            out.anchor.embedding.float(), out.positive.float(), out.negative.float(),
+            out.anchor.logit.float(), batch["label"],
+            margin=c.margin, norm_weight=c.norm_weight, s=float(batch["s"]),
+            collapse_threshold=c.collapse_threshold, negative_cos_offset=c.negative_cos_offset,
+            negative_cos_weight=c.negative_cos_weight)
+
+
+class DistillNet(nn.Module):
+    """Phase 3: the MRI-only student learning from the frozen teacher (kept in eval mode)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, teacher_contrasts: tuple[str, ...],
+                 cfg: AppConfig) -> None:
+        super().__init__()
+        self.student, self.teacher = student, teacher
+        self.teacher_contrasts, self.d = teacher_contrasts, cfg.distill
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> DistillNet:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
+        with torch.no_grad():
+            mri_t, mask_t = subset(batch, self.teacher_contrasts)
+            t = self.teacher(mri_t, mask_t, batch["pet"], batch["pet_mask"])
+        s = self.student(batch["student_mri"], batch["student_mask"])
+        logit = s.logit.float()
+        focal = losses.margin_focal_loss(logit, batch["label"], margin=batch["margin"],
+                                         gamma=self.d.focal_gamma, gap_weight=batch["gap_weight"],
+                                         gap_coef=self.d.gap_coef)
+        feat = losses.feature_kd_loss(s.embedding.float(), t.embedding.float())
+        kd = losses.logit_kd_loss(logit, t.logit.float(), batch["temperature"])
+        a, b, c = batch["weights"]
+        loss = a * focal["loss"] + b * feat + c * kd
+        return {"loss": loss, "focal": focal["focal"], "gap": focal["gap"], "feature_kd": feat,
+                "logit_kd": kd}
+
+
+# -- tasks -----------------------------------------------------------------------------------
+class _Phase:
+    name = ""
+    scheduler_mode = "none"
+    selections: tuple[str, ...] = ()
+
+    def __init__(self, ctx: PhaseContext, model: nn.Module, net: nn.Module) -> None:
+        self.ctx, self.model = ctx, model
+        self.module = net.to(ctx.device)
+        self.net = ctx.wrap(self.module)
+
+    def train_mode(self) -> None:
+        self.module.train()
+
+    def schedule_values(self, epoch: int) -> dict[str, float]:
+        return {}
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        return None
+
+
+class PretrainPhase(_Phase):
+    """Phase 1 — teacher pre-training with BCE."""
+
+    name = "pretrain"
+    selections = ("f1@0.5",)
+
+    def __init__(self, ctx: PhaseContext, teacher: nn.Module) -> None:
+        super().__init__(ctx, teacher, PretrainNet(teacher, ctx.teacher_contrasts,
+                                                   ctx.cfg.pretrain.pos_weight))
+        p = ctx.cfg.pretrain
+        self.max_epochs, self.patience, self.accumulation = p.max_epochs, p.patience, p.accumulation
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        p = self.ctx.cfg.pretrain
+        keys = ("lora", "projection", "attention", "classifier")
+        spec = [(k, (k,), p.lr, p.weight_decay) for k in keys]
+        return torch.optim.AdamW(_named_groups(self.model, spec))
+
+    def clip(self, epoch: int) -> float:
+        return schedules.clip_norm(self.ctx.cfg.pretrain.clip_schedule, epoch)
+
+    def prepare(self, batch: dict[str, Any], epoch: int, rngs: EpochRNG) -> dict[str, Any]:
+        return prepare_images(batch, self.ctx, rngs)
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        self.model.eval()
+        contrasts = self.ctx.teacher_contrasts
+
+        def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
+            out = self.model(*subset(b, contrasts), b["pet"], b["pet_mask"])
+            return out.logit, out.embedding
+
+        return _classification(collect(self.ctx, forward), self.ctx.cfg.train.threshold_grid)
+
+
+class ContrastivePhase(_Phase):
+    """Phase 2 — Centiloid-aware triplet refinement of the teacher."""
+
+    name = "contrastive"
+    scheduler_mode = "step"
+    selections = ("score",)
+
+    def __init__(self, ctx: PhaseContext, teacher: nn.Module) -> None:
+        super().__init__(ctx, teacher, ContrastiveNet(teacher, ctx.teacher_contrasts, ctx.cfg))
+        c = ctx.cfg.contrastive
+        self.max_epochs, self.patience, self.accumulation = c.max_epochs, c.patience, c.accumulation
+        self.pool = NegativePool(ctx.train.subjects, ctx.train.centiloids)
+        self.val_pool = NegativePool(ctx.val.subjects, ctx.val.centiloids)
+        self.mined: dict[str, int] = {}
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        c = self.ctx.cfg.contrastive
+        spec = [("lora", ("lora",), c.lr_backbone, c.wd_backbone),
+                ("projection", ("projection",), c.lr_backbone, c.wd_backbone),
+                ("attention", ("attention",), c.lr_backbone, c.wd_backbone),
+                ("classifier", ("classifier",), c.lr_classifier, c.wd_classifier)]
+        return torch.optim.AdamW(_named_groups(self.model, spec))
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        c = self.ctx.cfg.contrastive
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+            optimizer, T_0=c.t0, T_mult=c.t_mult, eta_min=c.eta_min)
+
+    def clip(self, epoch: int) -> float:
+        return self.ctx.cfg.contrastive.clip
+
+    def schedule_values(self, epoch: int) -> dict[str, float]:
+        return {"s": schedules.anticollapse_weight(epoch), "cl_gap": self.ctx.cfg.contrastive.cl_gap}
+
+    def _negatives(self, dataset: SliceCacheDataset, pool: NegativePool, index: Tensor,
+                   rng: np.random.Generator) -> tuple[Tensor, Tensor, list[str]]:
+        picks, kinds = pool.mine([int(i) for i in index], self.ctx.cfg.contrastive.cl_gap, rng)
+        items = [dataset.pet_item(j) for j in picks]
+        return (torch.stack([p for p, _ in items]), torch.stack([m for _, m in items]), kinds)
+
+    def _with_negatives(self, raw: dict[str, Any], dataset: SliceCacheDataset, pool: NegativePool,
+                        rngs: EpochRNG | None, rng: np.random.Generator) -> dict[str, Any]:
+        neg, neg_mask, kinds = self._negatives(dataset, pool, raw["index"], rng)
+        for kind in kinds:
+            self.mined[kind] = self.mined.get(kind, 0) + 1
+        batch = prepare_images(raw, self.ctx, rngs, extra={"neg_pet": neg})
+        batch["neg_pet_mask"] = neg_mask.to(self.ctx.device)
+        return batch
+
+    def prepare(self, batch: dict[str, Any], epoch: int, rngs: EpochRNG) -> dict[str, Any]:
+        out = self._with_negatives(batch, self.ctx.train, self.pool, rngs, rngs.mining)
+        out["s"] = schedules.anticollapse_weight(epoch)
+        return out
+
+    @torch.no_grad()
+    def validate(self, epoch: int) -> dict[str, Any]:
+        self.module.eval()
+        rng = np.random.default_rng(VAL_MINING_SEED)
+        parts: dict[str, list[float]] = {"triplet": [], "valid": []}
+        sizes = []
+        for raw in self.ctx.val_loader:
+            batch = self._with_negatives(raw, self.ctx.val, self.val_pool, None, rng)
+            batch["s"] = 0.0
+            out = self.module(batch)
+            for k in parts:
+                parts[k].append(float(out[k]))
+            sizes.append(int(batch["label"].shape[0]))
+        w = np.asarray(sizes, float) / max(sum(sizes), 1)
+        triplet = float(np.dot(w, parts["triplet"]))
+        valid = float(np.dot(w, parts["valid"]))
+        contrasts = self.ctx.teacher_contrasts
+
+        def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
+            out = self.model(*subset(b, contrasts), b["pet"], b["pet_mask"])
+            return out.logit, out.embedding
+
+        metrics = _classification(collect(self.ctx, forward), self.ctx.cfg.train.threshold_grid)
+        c = self.ctx.cfg.contrastive
+        score = (valid - c.val_triplet_weight * triplet) + c.val_f1_weight * metrics["f1@0.5"]
+        mined, self.mined = self.mined, {}
+        return {**metrics, "triplet": triplet, "valid_triplets": valid, "score": score,
+                **{f"negatives_{k}": float(v) for k, v in sorted(mined.items())}}
+
+
+class DistillPhase(_Phase):
+    """Phase 3 — distillation of the frozen teacher into the MRI-only student."""
+
+    name = "distill"
+    scheduler_mode = "plateau"
+    selections = ("f1@tau", "cosine")
+
+    def __init__(self, ctx: PhaseContext, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__(ctx, student, DistillNet(student, teacher, ctx.teacher_contrasts, ctx.cfg))
+        d = ctx.cfg.distill
+        self.teacher = teacher
+        self.max_epochs, self.patience, self.accumulation = d.max_epochs, d.patience, d.accumulation
+        ablate = set(ctx.cfg.train.ablate)
+        self.use_feature = "no-feature-kd" not in ablate
+        self.use_logit = "no-logit-kd" not in ablate
+        self._teacher_val: np.ndarray | None = None
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        d = self.ctx.cfg.distill
+        spec = [("lora", ("lora",), d.lr_lora, d.wd_lora),
+                ("projection", ("projection",), d.lr_projection, d.wd_projection),
+                ("heads", ("attention", "classifier"), d.lr_heads, d.wd_heads)]
+        return torch.optim.AdamW(_named_groups(self.model, spec))
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any:
+        d = self.ctx.cfg.distill
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=d.plateau_factor, patience=d.plateau_patience,
+            threshold=d.plateau_threshold, min_lr=d.plateau_min_lr, cooldown=d.plateau_cooldown)
+
+    def clip(self, epoch: int) -> float:
+        return self.ctx.cfg.distill.clip
+
+    def weights(self, epoch: int) -> tuple[float, float, float]:
+        a, b, c = schedules.loss_weights(self.ctx.cfg.distill, epoch)
+        return a, b if self.use_feature else 0.0, c if self.use_logit else 0.0
+
+    def schedule_values(self, epoch: int) -> dict[str, float]:
+        d = self.ctx.cfg.distill
+        a, b, c = self.weights(epoch)
+        return {"margin": schedules.focal_margin(d, epoch),
+                "temperature": schedules.kd_temperature(d, epoch),
+                "gap_weight": schedules.gap_weight(d, epoch), "weight_focal": a,
+                "weight_feature_kd": b, "weight_logit_kd": c}
+
+    def prepare(self, batch: dict[str, Any], epoch: int, rngs: EpochRNG) -> dict[str, Any]:
+        out = prepare_images(batch, self.ctx, rngs)
+        d = self.ctx.cfg.distill
+        mri, mask = subset(out, self.ctx.student_contrasts)
+        if len(mri) > 1 and self.ctx.cfg.model.contrast_dropout > 0:
+            from bids_amyloid.models import drop_contrasts
+
+            mri, mask = drop_contrasts(mri, mask, self.ctx.cfg.model.contrast_dropout,
+                                       generator=rngs.augment)
+        out["student_mri"], out["student_mask"] = mri, mask
+        out["margin"] = schedules.focal_margin(d, epoch)
+        out["temperature"] = schedules.kd_temperature(d, epoch)
+        out["gap_weight"] = schedules.gap_weight(d, epoch)
+        out["weights"] = self.weights(epoch)
+        return out
+
+    def _teacher_embeddings(self) -> np.ndarray:
+        if self._teacher_val is None:
+            self.teacher.eval()
+            contrasts = self.ctx.teacher_contrasts
+
+            def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
+                out = self.teacher(*subset(b, contrasts), b["pet"], b["pet_mask"])
+                return out.logit, out.embedding
+
+            self._teacher_val = collect(self.ctx, forward)["embedding"]
+        return self._teacher_val
+
+    def validate(self, epoch: int) -> dict[str, Any]:
+        self.model.eval()
+        contrasts = self.ctx.student_contrasts
+
+        def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
+            out = self.model(*subset(b, contrasts))
+            return out.logit, out.embedding
+
+        out = collect(self.ctx, forward)
+        metrics = _classification(out, self.ctx.cfg.train.threshold_grid)
+        teacher = torch.as_tensor(self._teacher_embeddings())
+        cos = F.cosine_similarity(torch.as_tensor(out["embedding"]), teacher, dim=1)
+        return {**metrics, "cosine": float(cos.mean())}

@@ -1,0 +1,244 @@
+"""Outputs of a group run: ``predictions.tsv``, ``metrics.tsv``, figures and ``report.html``.
+
+Figures are drawn with matplotlib's object API (no pyplot state, no display
+needed) and embedded in the HTML as base64 PNG, so the report is one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bids_amyloid import __version__
+from bids_amyloid.config import AppConfig, dump_config
+from bids_amyloid.io import atomic_path, write_text
+from bids_amyloid.train.data import SliceCacheDataset
+from bids_amyloid.train.metrics import evaluation_table
+
+LOG = logging.getLogger(__name__)
+
+
+def write_tsv(path: Path, frame: pd.DataFrame) -> None:
+    """Tab-separated, ``n/a`` for missing values, written atomically."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+
+
+def prediction_frame(dataset: SliceCacheDataset, out: dict[str, np.ndarray], model: str,
+                     split: str, tau: float) -> pd.DataFrame:
+    """Per-sample predictions of one model on one split."""
+    rows = dataset.rows.iloc[out["index"].astype(int)].reset_index(drop=True)
+    probs = 1.0 / (1.0 + np.exp(-out["logit"].astype(float)))
+    frame = pd.DataFrame({
+        "model": model, "split": split,
+        "participant_id": rows["participant_id"].astype(str),
+        "mri_session": rows["mri_session"].astype(str),
+        "pet_session": rows["pet_session"].astype(str),
+        "tracer": rows["tracer"].astype(str),
+        "centiloid": pd.to_numeric(rows["centiloid"], errors="coerce"),
+        "label": rows["label"].astype(int),
+        "probability": probs,
+        "positive@0.5": (probs > 0.5).astype(int),
+        "positive@tau": (probs > tau).astype(int),
+        "threshold_tau": tau,
+    })
+    return frame
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def _write_png(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _roc_axes(ax: Any) -> None:
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    ax.set_xlabel("1 − specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+
+
+def _roc(ax: Any, labels: np.ndarray, probs: np.ndarray, label: str, **style: Any) -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if np.unique(labels).size < 2:
+        return
+    fpr, tpr, _ = roc_curve(labels, probs)
+    ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(labels, probs):.2f})", **style)
+
+
+def load_histories(paths: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    return {phase: json.loads(p.read_text()) for phase, p in paths.items() if p.is_file()}
+
+
+def roc_epochs_figure(histories: dict[str, list[dict[str, Any]]]) -> bytes | None:
+    """Validation ROC of each phase's first and last epoch (cf. the paper's Fig. 8)."""
+    from matplotlib.figure import Figure
+
+    phases = [p for p, rows in histories.items() if rows and "_probs" in rows[0]]
+    if not phases:
+        return None
+    fig = Figure(figsize=(4.2 * len(phases), 4.2))
+    for k, phase in enumerate(phases):
+        ax = fig.add_subplot(1, len(phases), k + 1)
+        rows = histories[phase]
+        for row, style in ((rows[0], {"color": "tab:orange", "ls": "--"}),
+                           (rows[-1], {"color": "tab:blue"})):
+            _roc(ax, np.asarray(row["_labels"]), np.asarray(row["_probs"]),
+                 f"epoch {row['epoch']}", **style)
+        _roc_axes(ax)
+        ax.set_title(f"{phase}: validation")
+        ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def roc_test_figure(predictions: pd.DataFrame) -> bytes | None:
+    """ROC of every model on the test split (validation if there is no test split)."""
+    from matplotlib.figure import Figure
+
+    split = "test" if (predictions["split"] == "test").any() else "val"
+    subset = predictions[predictions["split"] == split]
+    if subset.empty:
+        return None
+    fig = Figure(figsize=(4.6, 4.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for model, group in subset.groupby("model", sort=False):
+        _roc(ax, group["label"].to_numpy(), group["probability"].to_numpy(), str(model))
+    _roc_axes(ax)
+    ax.set_title(f"final models: {split}")
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
+def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> bytes | None:
+    """Training loss and validation metrics per epoch, one column per phase."""
+    from matplotlib.figure import Figure
+
+    phases = [p for p, rows in histories.items() if rows]
+    if not phases:
+        return None
+    fig = Figure(figsize=(4.2 * len(phases), 6.4))
+    for k, phase in enumerate(phases):
+        frame = pd.DataFrame([{a: b for a, b in r.items() if not a.startswith("_")}
+                              for r in histories[phase]])
+        top = fig.add_subplot(2, len(phases), k + 1)
+        for col in [c for c in frame.columns if c.startswith("train_") and c != "train_samples"]:
+            top.plot(frame["epoch"], frame[col], marker=".", label=col[6:])
+        top.set_title(f"{phase}: training losses")
+        top.legend(fontsize=7)
+        bottom = fig.add_subplot(2, len(phases), len(phases) + k + 1)
+        for col in ("val_auc", "val_f1@0.5", "val_f1@tau", "val_cosine", "val_score",
+                    "val_valid_triplets"):
+            if col in frame and frame[col].notna().any():
+                bottom.plot(frame["epoch"], frame[col], marker=".", label=col[4:])
+        bottom.set_title(f"{phase}: validation")
+        bottom.set_xlabel("epoch")
+        bottom.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _img(data: bytes | None, alt: str) -> str:
+    if data is None:
+        return f"<p><em>{html.escape(alt)}: not available</em></p>"
+    return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
+            f'{base64.b64encode(data).decode()}">')
+
+
+def _table(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.3f}", na_rep="n/a",
+                         border=0, classes="t")
+
+
+def cohort_summary(cohort: pd.DataFrame) -> pd.DataFrame:
+    """Sessions, subjects and % positive per split (the paper's Table 1)."""
+    rows = []
+    for split in ("train", "val", "test"):
+        part = cohort[cohort["split"] == split]
+        rows.append({"split": split, "pairs": len(part),
+                     "subjects": part["participant_id"].nunique(),
+                     "positive %": 100.0 * part["label"].mean() if len(part) else float("nan"),
+                     "tracers": ", ".join(sorted(part["tracer"].astype(str).unique()))})
+    return pd.DataFrame(rows)
+
+
+def metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
+    """The columns a reader looks at first."""
+    out = metrics[["model", "split", "n", "n_positive"]].copy()
+    out["AUC [95% CI]"] = [f"{a:.3f} [{lo:.3f}–{hi:.3f}]" for a, lo, hi in
+                           zip(metrics["auc"], metrics["auc_ci_low"], metrics["auc_ci_high"],
+                               strict=True)]
+    for col in ("f1@0.5", "accuracy@0.5", "threshold", "f1@tau", "accuracy@tau",
+                "sensitivity@tau", "specificity@tau", "npv@tau"):
+        out[col] = metrics[col]
+    return out
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>bids-amyloid group run {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+h1 {{ font-size: 1.5em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 1.6em; }}
+table.t {{ border-collapse: collapse; font-size: 0.9em; }}
+table.t td, table.t th {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
+img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; }}
+.note {{ color: #555; }}
+</style></head><body>
+<h1>bids-amyloid {version} — group run <code>{name}</code></h1>
+<ul class="note">{notes}</ul>
+<h2>Cohort</h2>{cohort}
+<h2>Metrics</h2>
+<p class="note">Positive if p &gt; threshold. τ maximises F1 on validation; AUC CI: 95 % bootstrap
+resampling subjects ({n_boot}×). Validation chose epochs, checkpoints and τ, so its figures are
+optimistic; test is the honest estimate. Two students are kept: best validation F1@τ
+(<code>student_*.pt</code>) and best validation teacher–student cosine
+(<code>*_best-cosine.pt</code>).</p>
+{metrics}
+<h2>ROC curves</h2>{roc_test}{roc_epochs}
+<h2>Training</h2>{curves}
+<h2>Configuration</h2><details><summary>config.toml</summary><pre>{config}</pre></details>
+</body></html>
+"""
+
+
+def write_outputs(folder: Path, cfg: AppConfig, cohort: pd.DataFrame, predictions: pd.DataFrame,
+                  taus: dict[str, float], history_paths: dict[str, Path],
+                  notes: list[str] | None = None) -> pd.DataFrame:
+    """Write predictions, metrics, figures and the HTML report; return the metrics table."""
+    write_tsv(folder / "predictions.tsv", predictions)
+    metrics = evaluation_table(predictions, taus, n_boot=cfg.train.bootstrap, seed=cfg.train.seed)
+    write_tsv(folder / "metrics.tsv", metrics)
+    histories = load_histories(history_paths)
+    figures = {"roc_epochs.png": roc_epochs_figure(histories),
+               "roc_test.png": roc_test_figure(predictions),
+               "training_curves.png": curves_figure(histories)}
+    for name, data in figures.items():
+        if data is not None:
+            _write_png(folder / name, data)
+    page = PAGE.format(
+        name=html.escape(folder.name), version=__version__,
+        notes="".join(f"<li>{html.escape(n)}</li>" for n in notes or []),
+        cohort=_table(cohort_summary(cohort)), n_boot=cfg.train.bootstrap,
+        metrics=_table(metrics_view(metrics)),
+        roc_test=_img(figures["roc_test.png"], "ROC of the final models"),
+        roc_epochs=_img(figures["roc_epochs.png"], "validation ROC, first vs last epoch"),
+        curves=_img(figures["training_curves.png"], "training curves"),
+        config=html.escape(dump_config(cfg)))
+    write_text(folder / "report.html", page)
+    LOG.info("wrote %s", folder / "report.html")
+    return metrics
