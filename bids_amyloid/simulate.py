@@ -16,7 +16,7 @@ Anatomy (``sim/anatomy.py``)
     ``voi_ctx`` VOIs read from the installed ``amypet`` package (located with
     ``importlib.util.find_spec``, never imported), resampled by affine.
 Subjects (``sim/plan.py``)
-    round(0.4·N) subjects are amyloid positive at baseline (Centiloid 25–110,
+    ⌈0.4·N⌉ subjects are amyloid positive at baseline (Centiloid 25–110,
     rising ~3.5 CL/year); the others start near 0 CL (sd 6, ≤ 12) and barely
     move. Age 60–82 at the first visit (+3 years for positives), sex,
     head size (isotropic scale ~N(1 ± 0.03 by sex, 0.035), 0.88–1.12).

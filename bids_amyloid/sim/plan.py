@@ -59,13 +59,13 @@ def ventricle_growth(age: float, centiloid: float, offset: float) -> float:
 
 
 def plan_cohort(n_subjects: int, seed: int, size: str) -> list[SubjectPlan]:
-    """Plan ``n_subjects`` subjects: ~40 % amyloid positive, alternating main tracer."""
+    """Plan ``n_subjects`` subjects: ⌈0.4·N⌉ amyloid positive, alternating main tracer."""
     if n_subjects < 1:
         raise ValueError(f"need at least one subject, not {n_subjects}")
     if size not in CONTRAST_PROBABILITY:
         raise ValueError(f"size must be 'small' or 'full', not {size!r}")
     rng = np.random.default_rng([seed, 0])
-    n_pos = round(POSITIVE_FRACTION * n_subjects)
+    n_pos = int(np.ceil(POSITIVE_FRACTION * n_subjects - 1e-9))
     positive = np.zeros(n_subjects, dtype=bool)
     positive[rng.permutation(n_subjects)[:n_pos]] = True
     return [_plan_subject(i, bool(positive[i]), seed, size) for i in range(n_subjects)]

@@ -54,7 +54,7 @@ def write_nifti(path: Path, data: np.ndarray, affine: np.ndarray,
     img.header.set_xyzt_units("mm", "sec")
     if zooms_t is not None:
         img.header.set_zooms((*img.header.get_zooms()[:3], zooms_t))
-    payload = gzip.compress(img.to_bytes(), compresslevel=6, mtime=0)
+    payload = gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
     with atomic_path(path) as tmp:
         tmp.write_bytes(payload)
     return path
