@@ -129,7 +129,13 @@ def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig) -> list[str]:
     split = ["train"] * len(cohort)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        folds = list(splitter.split(np.zeros(len(cohort)), labels, groups=subjects))
+        try:
+            folds = list(splitter.split(np.zeros(len(cohort)), labels, groups=subjects))
+        except ValueError as err:  # e.g. every class smaller than n_folds
+            counts = np.bincount(labels.astype(int), minlength=2)
+            raise NothingSelectedError(
+                f"cannot make the {cfg.n_folds}-fold split of {len(cohort)} pairs "
+                f"({counts[0]} negative, {counts[1]} positive): {err}") from err
     for warning in caught:
         LOG.warning("split: %s", warning.message)
     for fold, (_, test_idx) in enumerate(folds):
