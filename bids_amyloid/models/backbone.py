@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,15 +139,21 @@ def is_pretrained_name(name: str) -> bool:
     return name.lower() == BIOMEDCLIP
 
 
-def create_trunk(timm_name: str, image_size: int, device: str | torch.device = "cpu") -> nn.Module:
-    """A randomly initialised timm ViT without classifier (pooled CLS output)."""
+def create_trunk(timm_name: str, image_size: int | None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """A randomly initialised timm ViT without classifier (pooled CLS output).
+
+    ``image_size=None`` keeps timm's default size for the model, as open_clip
+    does when it builds a timm vision tower.
+    """
     import timm
 
     if not timm.is_model(timm_name):
         raise UsageError(f"unknown backbone {timm_name!r}: use 'biomedclip' or a timm ViT name "
                          "such as vit_tiny_patch16_224")
+    size: dict[str, Any] = {} if image_size is None else {"img_size": image_size}
     with torch.device(device):
-        trunk = timm.create_model(timm_name, pretrained=False, num_classes=0, img_size=image_size)
+        trunk = timm.create_model(timm_name, pretrained=False, num_classes=0, **size)
     blocks = getattr(trunk, "blocks", None)
     if blocks is None or not hasattr(blocks[0], "attn") or not hasattr(blocks[0].attn, "qkv"):
         raise UsageError(f"backbone {timm_name!r} is not a ViT with blocks.N.attn.qkv")
@@ -162,7 +167,7 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
         tensor = state[key].detach().to("cpu").contiguous()
         digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         if tensor.numel():
-            digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
@@ -258,8 +263,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         raise BackboneWeightsError(f"{path}: refused: the file holds pickled Python objects, not "
                                    f"plain tensors ({str(err).splitlines()[0]})") from err
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise BackboneWeightsError(f"{path}: not a readable weights file ({err})") from err
+    except Exception as err:  # malformed bytes make the unpickler raise almost anything
+        raise BackboneWeightsError(f"{path}: not a readable weights file "
+                                   f"({type(err).__name__}: {err})") from err
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -283,11 +289,12 @@ def extract_trunk(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch
 def load_pretrained_trunk(location: WeightsLocation, image_size: int) -> tuple[nn.Module, str, str]:
     """Build the timm trunk named by the config and load its weights; return it, its name, its hash."""
     timm_name, size = read_open_clip_config(location.config)
-    if size != image_size:
-        raise UsageError(f"{location.config}: the backbone was trained at {size} px but "
-                         f"[model] image_size is {image_size}; set image_size = {size}")
+    trunk: Any = create_trunk(timm_name, None)  # as open_clip builds it: timm's default size
+    native = tuple(trunk.patch_embed.img_size)
+    if native != (image_size, image_size) or size != image_size:
+        raise UsageError(f"{location.weights}: the backbone takes {native[0]} px images (config: "
+                         f"{size} px) but [model] image_size is {image_size}")
     state = extract_trunk(read_state_dict(location.weights), location.weights)
-    trunk = create_trunk(timm_name, size)
     try:
         trunk.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -316,7 +323,8 @@ def build_backbone(model_cfg: ModelConfig, *, load_weights: bool = True) -> Back
         if not is_pretrained_name(name):
             LOG.warning("backbone %s is RANDOMLY INITIALISED (no pretrained weights): for tests and "
                         "demos only; the model file records this", name)
+    vit: Any = trunk
     info = BackboneInfo(name=BIOMEDCLIP if is_pretrained_name(name) else name, timm_model=timm_name,
-                        image_size=model_cfg.image_size, embed_dim=int(trunk.num_features),
-                        depth=len(trunk.blocks), pretrained=pretrained, source=source, sha256=sha)
+                        image_size=model_cfg.image_size, embed_dim=int(vit.num_features),
+                        depth=len(vit.blocks), pretrained=pretrained, source=source, sha256=sha)
     return Backbone(trunk, info)

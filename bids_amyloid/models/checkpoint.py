@@ -40,7 +40,6 @@ import json
 import logging
 import pickle
 import platform
-import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,12 @@ import torch
 from bids_amyloid.config import AppConfig, ConfigError, config_from_dict, config_to_dict
 from bids_amyloid.errors import InputMissingError
 from bids_amyloid.io import atomic_path
-from bids_amyloid.models.backbone import BackboneInfo, BackboneWeightsError, build_backbone
+from bids_amyloid.models.backbone import (
+    BackboneInfo,
+    BackboneWeightsError,
+    build_backbone,
+    state_dict_sha256,
+)
 from bids_amyloid.models.lora import LORA_MARK, base_state_dict
 from bids_amyloid.models.networks import AmyloidNetwork, build_model
 
@@ -74,6 +78,7 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
+    out["torch"] = str(torch.__version__)  # with its build tag (+cu130, +cpu)
     return out
 
 
@@ -96,6 +101,44 @@ def model_state(model: AmyloidNetwork) -> dict[str, torch.Tensor]:
             if keep_base or not _is_backbone_base(k)}
 
 
+def backbone_record(model: AmyloidNetwork) -> dict[str, Any]:
+    """The backbone's identity, with the hash of its weights as they are now.
+
+    A pretrained backbone is not stored in the file, so its weights must still
+    be the ones loaded (they are frozen); a random one is stored, and hashed anew.
+    """
+    info = model.backbone.info
+    current = state_dict_sha256(base_state_dict(model.backbone.trunk))
+    if info.pretrained and current != info.sha256:
+        raise ValueError(f"the frozen {info.name} backbone weights changed since they were loaded "
+                         f"from {info.source}; a model file cannot reproduce them")
+    return dataclasses.replace(info, sha256=current).to_dict()
+
+
+PLAIN = (str, int, float, bool, type(None))
+
+
+def check_plain(value: Any, where: str = "payload") -> None:
+    """Raise unless ``value`` is made only of dicts (str keys), lists, tensors and plain scalars.
+
+    Exactly what ``torch.load(..., weights_only=True)`` reads back, so every
+    file written is loadable (a ``str`` subclass such as ``torch.__version__``
+    would not be).
+    """
+    if type(value) in PLAIN or type(value) is torch.Tensor:
+        return
+    if type(value) is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError(f"{where}: key {key!r} is not a string")
+            check_plain(item, f"{where}.{key}")
+    elif type(value) in (list, tuple):
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    else:
+        raise ValueError(f"{where}: {type(value).__name__} cannot go into a model file")
+
+
 def save_model(path: Path | str, model: AmyloidNetwork, cfg: AppConfig,
                meta: dict[str, Any] | None = None) -> Path:
     """Write ``model`` with its configuration and ``meta`` to ``path`` atomically."""
@@ -106,13 +149,14 @@ def save_model(path: Path | str, model: AmyloidNetwork, cfg: AppConfig,
         "role": model.role,
         "contrasts": list(model.contrasts),
         "config": config_to_dict(cfg),
-        "backbone": model.backbone.info.to_dict(),
+        "backbone": backbone_record(model),
         "lora_blocks": list(model.backbone.lora_blocks),
         "state_dict": model_state(model),
         "meta": _json_clean(meta or {}, path),
         "versions": package_versions(),
         "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
+    check_plain(payload)
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     LOG.info("wrote %s model (%s) to %s", model.role, "+".join(model.contrasts), path)
@@ -135,8 +179,9 @@ def read_model_file(path: Path | str) -> dict[str, Any]:
             f"{path}: refused to load: the file carries pickled Python objects, which could run "
             f"code, instead of plain tensors and values ({str(err).splitlines()[0]}). Only model "
             "files written by bids-amyloid are accepted.") from err
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
-        raise ModelFileError(f"{path}: not a readable model file ({err})") from err
+    except Exception as err:  # malformed bytes make the unpickler raise almost anything
+        raise ModelFileError(f"{path}: not a readable model file "
+                             f"({type(err).__name__}: {err})") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a bids-amyloid model file (no format = {FORMAT!r})")
     version = payload.get("format_version")
@@ -202,8 +247,6 @@ def load_model(path: Path | str, device: str | torch.device = "cpu",
         raise ModelFileError(f"{path}: weights do not fit the {payload['role']} network: "
                              f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     if not recorded.pretrained:
-        from bids_amyloid.models.backbone import state_dict_sha256
-
         if state_dict_sha256(base_state_dict(model.backbone.trunk)) != recorded.sha256:
             raise ModelFileError(f"{path}: the stored backbone weights do not match their "
                                  "recorded SHA-256 (corrupted file?)")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +60,8 @@ def apply_lora(trunk: nn.Module, model_cfg: ModelConfig) -> tuple[int, ...]:
     """Inject LoRA adapters in place, freeze every other parameter; return the blocks used."""
     from peft import LoraConfig, inject_adapter_in_model
 
-    blocks = lora_block_indices(len(trunk.blocks), model_cfg.lora_blocks)
+    vit: Any = trunk
+    blocks = lora_block_indices(len(vit.blocks), model_cfg.lora_blocks)
     _check_targets(trunk, blocks, model_cfg.lora_targets)
     pattern = (r"blocks\.(" + "|".join(str(b) for b in blocks) + r")\.("
                + "|".join(re.escape(t) for t in model_cfg.lora_targets) + ")")
