@@ -58,6 +58,13 @@ class PreprocConfig:
     n4_convergence: float = 1e-6
     skull_strip: str = "hdbet"  # hdbet | deepbet
     hdbet_tta: bool = True
+    hdbet_mode: str = "fast"  # fast: 1 network (fold 0) | accurate: 5 networks
+    hdbet_tta_mirrors: str = "lr"  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
+    registration_metric: str = "mattes"
+    registration_shrink: tuple[int, ...] = (4, 2, 1)
+    registration_smoothing: tuple[float, ...] = (2.0, 1.0, 0.0)  # voxels, one per shrink level
+    registration_iterations: tuple[int, ...] = (200, 100, 20)
+    registration_sampling: float = 0.25  # fraction of voxels sampled by the metric
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     gamma: float = 0.9
     template_space: str = TEMPLATE_SPACE
