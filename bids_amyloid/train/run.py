@@ -136,11 +136,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def set_deterministic(on: bool) -> None:
+@contextmanager
+def deterministic(on: bool) -> Iterator[None]:
+    """``--deterministic``: deterministic kernels only (restored afterwards)."""
+    before = torch.are_deterministic_algorithms_enabled()
     if on:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
 
 
 # -- plan ---------------------------------------------------------------------------------------
@@ -453,10 +460,9 @@ def _distributed(use_cuda: bool) -> Iterator[Dist]:
 def run_group(opts: RunOptions, cfg: AppConfig) -> int:
     """Group level: train the stages ``opts.stage`` asks for, then evaluate and report."""
     phases = plan_phases(opts.stage, cfg.train.ablate, opts.teacher is not None)
-    set_deterministic(cfg.train.deterministic)
     want_cuda = cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available())
-    with _distributed(want_cuda) as dist:
+    with deterministic(cfg.train.deterministic), _distributed(want_cuda) as dist:
         device = resolve_device(cfg.train.device, dist.local_rank)
         folder = opts.output_dir / "group" / opts.run_name
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,144 @@
+"""End-to-end group level on synthetic slice caches: outputs, resume, ablations, DDP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from train_fixtures import synthetic_run, write_small_config
+
+from bids_amyloid import cli
+from bids_amyloid.train import loop
+
+pytestmark = pytest.mark.slow
+
+OUTPUTS = ("cohort.tsv", "config.toml", "teacher.pt", "student_T1w.pt",
+           "student_T1w_best-cosine.pt", "training.tsv", "metrics.tsv", "predictions.tsv",
+           "roc_epochs.png", "roc_test.png", "training_curves.png", "report.html")
+
+
+class Killed(Exception):
+    """Stands in for a job killed right after a checkpoint."""
+
+
+def _group(bids: Path, out: Path, config: Path, *extra: str) -> int:
+    return cli.main([str(bids), str(out), "group", "--stage", "all", "--config", str(config),
+                     "--deterministic", "-q", *extra])
+
+
+def _copy_cohort(out: Path, src: str, dst: str) -> None:
+    (out / "group" / dst).mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "group" / src / "cohort.tsv", out / "group" / dst / "cohort.tsv")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("group")
+    out = tmp / "out"
+    bids, cohort = synthetic_run(out)
+    config = write_small_config(tmp / "small.toml")
+    assert _group(bids, out, config) == 0
+    return bids, out, config, cohort
+
+
+def test_group_all_writes_every_output(finished):
+    _, out, _, cohort = finished
+    run = out / "group" / "default"
+    for name in OUTPUTS:
+        assert (run / name).is_file() and (run / name).stat().st_size > 0, name
+    metrics = pd.read_csv(run / "metrics.tsv", sep="\t")
+    assert set(metrics["model"]) == {"teacher", "student_T1w", "student_T1w_best-cosine"}
+    assert set(metrics["split"]) == {"val", "test"}
+    for col in ("auc", "auc_ci_low", "auc_ci_high", "f1@0.5", "f1@tau", "accuracy@tau",
+                "precision@0.5", "recall@tau", "npv@tau", "sensitivity@tau", "specificity@tau"):
+        assert col in metrics.columns
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
+    n_eval = int((cohort["split"] != "train").sum())
+    assert len(preds) == 3 * n_eval and preds["probability"].between(0, 1).all()
+    log = pd.read_csv(run / "training.tsv", sep="\t")
+    assert list(log.columns[:2]) == ["phase", "epoch"]
+    assert log.groupby("phase").size().to_dict() == {"pretrain": 2, "contrastive": 2, "distill": 2}
+    for col in ("train_loss", "lr_lora", "clip", "s", "margin", "temperature", "weight_focal",
+                "val_auc", "val_f1@tau", "val_cosine", "val_score", "train_triplet"):
+        assert col in log.columns, col
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "student_T1w_best-cosine" in html
+    assert "[model]" in (run / "config.toml").read_text()
+    from bids_amyloid.models import load_model
+
+    student, _, meta = load_model(run / "student_T1w.pt")
+    assert meta["thresholds"]["0.5"] == 0.5 and 0 < meta["thresholds"]["tau"] < 1
+    train_subjects = sorted(set(cohort.loc[cohort["split"] == "train", "participant_id"]))
+    assert meta["training_participants"] == train_subjects
+    assert student.role == "student" and meta["selection"] == "best val f1@tau"
+
+
+def test_killed_then_resumed_equals_uninterrupted(finished, monkeypatch):
+    bids, out, config, _ = finished
+    _copy_cohort(out, "default", "resumed")
+    original = loop.Trainer._save_last
+
+    def save_then_die(self, epoch):
+        original(self, epoch)
+        if self.task.name == "contrastive" and epoch == 0:
+            raise Killed
+
+    monkeypatch.setattr(loop.Trainer, "_save_last", save_then_die)
+    with pytest.raises(Killed):
+        _group(bids, out, config, "--run-name", "resumed")
+    monkeypatch.setattr(loop.Trainer, "_save_last", original)
+    assert not (out / "group" / "resumed" / "metrics.tsv").exists()
+    assert _group(bids, out, config, "--run-name", "resumed", "--resume") == 0
+    a = pd.read_csv(out / "group" / "default" / "metrics.tsv", sep="\t")
+    b = pd.read_csv(out / "group" / "resumed" / "metrics.tsv", sep="\t")
+    pd.testing.assert_frame_equal(a, b)
+    la = pd.read_csv(out / "group" / "default" / "training.tsv", sep="\t")
+    lb = pd.read_csv(out / "group" / "resumed" / "training.tsv", sep="\t")
+    cols = [c for c in la.columns if c not in ("seconds", "samples_per_s")]
+    pd.testing.assert_frame_equal(la[cols], lb[cols])
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_ablation_and_cross_dataset_teacher(finished):
+    bids, out, config, _ = finished
+    _copy_cohort(out, "default", "xdist")
+    teacher = out / "group" / "default" / "teacher.pt"
+    code = _group(bids, out, config, "--run-name", "xdist", "--teacher", str(teacher),
+                  "--ablate", "no-logit-kd", "--cl-gap", "10")
+    assert code == 0
+    run = out / "group" / "xdist"
+    log = pd.read_csv(run / "training.tsv", sep="\t")
+    assert set(log["phase"]) == {"distill"} and (log["weight_logit_kd"] == 0).all()
+    assert not (run / "teacher.pt").exists() and (run / "student_T1w.pt").is_file()
+    assert "cross-dataset" in (run / "report.html").read_text()
+
+
+def test_contrastive_stage_without_teacher_is_a_clear_error(finished):
+    bids, out, config, _ = finished
+    _copy_cohort(out, "default", "lonely")
+    code = cli.main([str(bids), str(out), "group", "--stage", "contrastive", "--config",
+                     str(config), "--run-name", "lonely", "-q"])
+    assert code == 66
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun not installed")
+def test_torchrun_two_processes_gloo(tmp_path):
+    out = tmp_path / "out"
+    bids, _ = synthetic_run(out, n_subjects=10)
+    config = write_small_config(tmp_path / "small.toml")
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "bids_amyloid.cli",
+         str(bids), str(out), "group", "--stage", "all", "--config", str(config), "-q"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = out / "group" / "default"
+    assert (run / "metrics.tsv").is_file() and (run / "student_T1w.pt").is_file()
