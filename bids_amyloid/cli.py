@@ -22,6 +22,7 @@ from typing import Any
 
 from bids_amyloid import __version__
 from bids_amyloid.errors import (
+    EXIT_SESSION_FAILED,
     EXIT_USAGE,
     AppError,
     InputMissingError,
@@ -34,6 +35,12 @@ LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 STAGES = ("cohort", "pretrain", "contrastive", "distill", "all")
 ABLATIONS = ("no-pretrain", "no-triplet", "no-feature-kd", "no-logit-kd")
 CONTRASTS = ("T1w", "T2w", "FLAIR", "T2starw")
+
+
+class NotAvailableError(AppError):
+    """The requested level is not part of this build."""
+
+    exit_code = EXIT_SESSION_FAILED
 
 
 class _Parser(argparse.ArgumentParser):
@@ -129,12 +136,12 @@ def parse_tracer_thresholds(text: str | None) -> dict[str, float]:
     out = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--tracer-thresholds: {item!r} is not TRACER=VALUE")
         try:
             out[normalise_tracer(name.strip())] = float(value)
         except ValueError as err:
             raise UsageError(f"--tracer-thresholds: cannot read {item!r} ({err})") from err
-        if not sep:
-            raise UsageError(f"--tracer-thresholds: {item!r} is not TRACER=VALUE")
     return out
 
 
@@ -151,6 +158,7 @@ def _inside(child: Path, parent: Path) -> bool:
 
 
 def check_paths(args: argparse.Namespace) -> None:
+    """Inputs exist; OUT and the work dir are outside BIDS_DIR. Creates nothing."""
     bids = args.bids_dir
     if not bids.is_dir():
         raise InputMissingError(f"BIDS folder {bids} does not exist")
@@ -160,14 +168,23 @@ def check_paths(args: argparse.Namespace) -> None:
         if path is not None and _inside(path, bids):
             raise UsageError(f"the {name} {path} is inside the input BIDS dataset {bids}; "
                              "choose a folder outside it (the input is never written)")
-    try:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"cannot create output dir {args.output_dir}: {err}") from err
     if args.model is not None and not args.model.is_file():
         raise InputMissingError(f"model file {args.model} does not exist")
     if args.teacher is not None and not args.teacher.is_file():
         raise InputMissingError(f"teacher file {args.teacher} does not exist")
+
+
+def make_output_dirs(args: argparse.Namespace) -> None:
+    """Create OUT (and the work dir): exit 73 if that is impossible."""
+    for path in (args.output_dir, args.work_dir):
+        if path is None:
+            continue
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"cannot create {path}: {err}") from err
+        if not os.access(path, os.W_OK):
+            raise OutputError(f"cannot write into {path}")
 
 
 def read_filters(path: Path | None) -> dict[str, Any]:
@@ -249,23 +266,39 @@ def setup_logging(verbose: int, quiet: int) -> None:
     )
 
 
+ENTRY_POINTS = {
+    "participant": ("bids_amyloid.preproc.pipeline", "run_participant"),
+    "cohort": ("bids_amyloid.cohort", "run_cohort_stage"),
+    "group": ("bids_amyloid.train.run", "run_group"),
+    "predict": ("bids_amyloid.predict", "run_predict"),
+}
+
+
+def entry_point(level: str, stage: str = "all") -> Any:
+    """The ``run_*(opts, cfg) -> int`` function of a level (``group --stage cohort``: the cohort).
+
+    A level whose module is not part of this build is a clear error, not a traceback.
+    """
+    import importlib
+
+    key = "cohort" if level == "group" and stage == "cohort" else level
+    module_name, func = ENTRY_POINTS[key]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] == "bids_amyloid":  # a part not in this build
+            raise NotAvailableError(f"the {key} level is not available in this build "
+                                    f"({err.name} is missing)") from err
+        raise
+    if not hasattr(module, func):
+        raise NotAvailableError(f"the {key} level is not available in this build "
+                                f"({module_name}.{func} is missing)")
+    return getattr(module, func)
+
+
 def dispatch(opts, cfg) -> int:
     """Call the level's entry point; each returns an exit code."""
-    if opts.analysis_level == "participant":
-        from bids_amyloid.preproc.pipeline import run_participant
-
-        return run_participant(opts, cfg)
-    if opts.analysis_level == "group":
-        if opts.stage == "cohort":
-            from bids_amyloid.cohort import run_cohort_stage
-
-            return run_cohort_stage(opts, cfg)
-        from bids_amyloid.train.run import run_group
-
-        return run_group(opts, cfg)
-    from bids_amyloid.predict import run_predict
-
-    return run_predict(opts, cfg)
+    return int(entry_point(opts.analysis_level, opts.stage)(opts, cfg))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, config_overrides(args))
         except ConfigError as err:
             raise UsageError(str(err)) from err
+        make_output_dirs(args)  # only once every argument is known to be good
         os.environ.setdefault("OMP_NUM_THREADS", str(opts.omp_nthreads))
         return dispatch(opts, cfg)
     except AppError as err:
