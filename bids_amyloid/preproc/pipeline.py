@@ -104,7 +104,18 @@ class UnitResult:
 
     @property
     def label(self) -> str:
-        return f"ses-{self.ses}" + (f" trc-{self.tracer}" if self.tracer else "")
+        return unit_tag(self.ses, self.tracer, " ")
+
+
+def ses_tag(ses: str) -> str:
+    """``ses-<label>``, or ``""`` for a dataset without sessions."""
+    return f"ses-{ses}" if ses else ""
+
+
+def unit_tag(ses: str, tracer: str | None = None, sep: str = "_") -> str:
+    """Name of a unit in logs and file names: ``ses-01``, ``ses-02_trc-AV45``, ``mri``."""
+    parts = [p for p in (ses_tag(ses), f"trc-{tracer}" if tracer else "") if p]
+    return sep.join(parts) or "mri"
 
 
 @dataclass
@@ -266,7 +277,7 @@ def job_finished(ctx: RunContext, job: SessionJob) -> bool:
     if not is_finished(mri_outputs(ctx.out, job, ctx.bids_dir), expected):
         return False
     return all(is_finished(pet_outputs(ctx.out, job, pet, ctx.bids_dir), expected,
-                           {"MRISession": f"ses-{job.ses}"}) for pet in job.pets)
+                           {"MRISession": ses_tag(job.ses)}) for pet in job.pets)
 
 
 # --------------------------------------------------------------------------- one job (worker)
@@ -279,24 +290,24 @@ def run_job(job: SessionJob, ctx: RunContext) -> list[UnitResult]:
     registered through the MRI result computed in this same job, so MRI and
     PET outputs always agree.
     """
-    work = ctx.work / f"sub-{job.sub}_ses-{job.ses}"
+    work = ctx.work / f"sub-{job.sub}_{unit_tag(job.ses)}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     results: list[UnitResult] = []
     mri_res: dict[str, Any] | None = None
     steps: Steps | None = None
-    log = drv.log_path(ctx.out, job.sub, f"ses-{job.ses}")
+    log = drv.log_path(ctx.out, job.sub, unit_tag(job.ses))
     with _unit(job.sub, job.ses, None, log, work / "mri.log") as box:
         steps = load_steps()
         mri_res = _mri_unit(job, ctx, steps, work)
     results.append(box.result)
     for pet in job.pets:
-        log = drv.log_path(ctx.out, job.sub, f"ses-{pet.ses}_trc-{pet.tracer}")
+        log = drv.log_path(ctx.out, job.sub, unit_tag(pet.ses, pet.tracer))
         scratch = work / f"pet-{pet.ses}-{pet.tracer}.log"
         with _unit(job.sub, pet.ses, pet.tracer, log, scratch) as box:
             if mri_res is None or steps is None:
-                raise RuntimeError(f"its MRI session ses-{job.ses} failed: {results[0].error}")
+                raise RuntimeError(f"its MRI session {unit_tag(job.ses)} failed: {results[0].error}")
             _pet_unit(job, pet, mri_res, ctx, steps, work)
         results.append(box.result)
     if all(r.error is None for r in results):
@@ -317,7 +328,7 @@ def _unit(sub: str, ses: str, tracer: str | None, log: Path, scratch: Path) -> I
     package = logging.getLogger("bids_amyloid")
     package.addHandler(handler)
     start = time.perf_counter()
-    name = f"sub-{sub} ses-{ses}" + (f" trc-{tracer}" if tracer else "")
+    name = f"sub-{sub} {unit_tag(ses, tracer, ' ')}"
     error = None
     try:
         LOG.info("%s: started", name)
@@ -428,13 +439,14 @@ def _stage_mri(job: SessionJob, ctx: RunContext, steps: Steps, results: dict[str
             _save_nifti(res.mni_mask, mask)
             write_json(drv.sidecar_of(mask), {
                 **_base_meta(ctx, by_path[mask]), **_space_meta(), "Type": "Brain",
+                "SkullStripped": False,
                 "Description": f"brain mask of the {contrast} ({pp.skull_strip}), template grid"})
         figures += _mri_figures(stage, job, contrast, res, template)
         numbers[contrast] = _metrics(res.metrics)
         flags[contrast] = report.flag_metrics(numbers[contrast])
     qc = _mri_qc_path(stage, job.sub, job.ses)
-    write_json(qc, {**_base_meta(ctx, by_path[qc]), "Unit": f"ses-{job.ses}", "Session": job.ses,
-                    "Kind": "anat", "Title": f"ses-{job.ses} MRI ({', '.join(job.images)})",
+    write_json(qc, {**_base_meta(ctx, by_path[qc]), "Unit": unit_tag(job.ses), "Session": job.ses,
+                    "Kind": "anat", "Title": f"{unit_tag(job.ses)} MRI ({', '.join(job.images)})",
                     "Numbers": numbers, "Flags": flags, "Figures": figures})
 
 
@@ -448,7 +460,7 @@ def _mri_figures(stage: Path, job: SessionJob, contrast: str, res: Any,
                  template: nib.Nifti1Image) -> list[dict[str, str]]:
     from bids_amyloid.preproc import report
 
-    title = f"sub-{job.sub} ses-{job.ses} {contrast}"
+    title = f"sub-{job.sub} {unit_tag(job.ses)} {contrast}"
     strip = report.skullstrip_figure(res.native_image, res.native_mask, f"{title}: brain mask")
     reg = report.registration_figure(res.mni_image, template, f"{title}: {TEMPLATE_SPACE}")
     return [
@@ -473,27 +485,28 @@ def _stage_pet(job: SessionJob, pet: PetJob, ctx: RunContext, steps: Steps, t1: 
     write_json(drv.sidecar_of(suvr), {
         **_base_meta(ctx, sources), **_space_meta(), "SkullStripped": False,
         "Description": (f"{pet.tracer} PET: frames averaged, Gaussian FWHM {pp.pet_fwhm_mm} mm, "
-                        f"rigid to the T1w of ses-{job.ses}, then to {TEMPLATE_SPACE}; SUVR with "
+                        f"rigid to the T1w of {unit_tag(job.ses)}, then to {TEMPLATE_SPACE}; SUVR with "
                         f"the GAAIN {pp.suvr_reference} reference region"),
-        "TracerName": pet.tracer, "MRISession": f"ses-{job.ses}", "Quantity": "SUVR",
+        "TracerName": pet.tracer, "MRISession": ses_tag(job.ses), "Quantity": "SUVR",
         "ReferenceRegion": f"GAAIN Centiloid VOI {pp.suvr_reference}",
         "ReferenceRegionMean": metrics["reference_mean"], "Metrics": metrics})
     slices, indices = steps.extract_pet_slices(result.suvr_mni, pp)
     cache = drv.pet_slice_cache(stage, job.sub, pet.ses, pet.tracer)
     drv.write_slice_cache(cache, slices, indices, {
         **_base_meta(ctx, [output_uri(suvr, stage)]), **_space_meta(), "TracerName": pet.tracer,
-        "MRISession": f"ses-{job.ses}", "Quantity": "SUVR (not rescaled)",
+        "MRISession": ses_tag(job.ses), "Quantity": "SUVR (not rescaled)",
         "SliceAxis": "sagittal (template axis 0)"})
     png = report.pet_figure(result.suvr_mni, t1.mni_image,
-                            f"sub-{job.sub} ses-{pet.ses} {pet.tracer} SUVR over ses-{job.ses} T1w")
+                            f"sub-{job.sub} {unit_tag(pet.ses, pet.tracer, ' ')} SUVR over "
+                            f"{unit_tag(job.ses)} T1w")
     fig = drv.figure_path(stage, job.sub, pet.ses, desc="suvr", suffix="pet", trc=pet.tracer)
     write_json(_pet_qc_path(stage, job.sub, pet), {
-        **_base_meta(ctx, sources), "Unit": f"ses-{pet.ses} trc-{pet.tracer}", "Session": pet.ses,
-        "Kind": "pet", "MRISession": f"ses-{job.ses}",
-        "Title": f"ses-{pet.ses} PET {pet.tracer} (registered through ses-{job.ses})",
+        **_base_meta(ctx, sources), "Unit": unit_tag(pet.ses, pet.tracer, " "), "Session": pet.ses,
+        "Kind": "pet", "MRISession": ses_tag(job.ses),
+        "Title": f"{unit_tag(pet.ses, pet.tracer, ' ')} PET (registered through {unit_tag(job.ses)})",
         "Numbers": {pet.tracer: metrics}, "Flags": {pet.tracer: report.flag_metrics(metrics)},
         "Figures": [{"file": _write_png(fig, png),
-                     "caption": f"{pet.tracer} SUVR over the registered T1w of ses-{job.ses}"}]})
+                     "caption": f"{pet.tracer} SUVR over the registered T1w of {unit_tag(job.ses)}"}]})
 
 
 # --------------------------------------------------------------------------- commit
@@ -546,8 +559,8 @@ def execute(jobs: list[SessionJob], ctx: RunContext, nprocs: int,
     def done(n: int, job: SessionJob, units: list[UnitResult]) -> None:
         results.extend(units)
         state = "ok" if all(u.error is None for u in units) else "FAILED"
-        LOG.info("[%d/%d] sub-%s ses-%s %s (%.0f s; %.0f s elapsed)", n, len(jobs), job.sub,
-                 job.ses, state, sum(u.seconds for u in units), time.perf_counter() - start)
+        LOG.info("[%d/%d] sub-%s %s %s (%.0f s; %.0f s elapsed)", n, len(jobs), job.sub,
+                 unit_tag(job.ses), state, sum(u.seconds for u in units), time.perf_counter() - start)
         if bar is not None:
             bar.update(1)
 
@@ -589,7 +602,7 @@ def plan_jobs(sessions: Sequence[Any], contrasts: Sequence[str],
         pets = tuple(pets_by_session.get((ses.sub, ses.ses), ()))
         images = session_contrasts(ses.images, contrasts)
         if not pets and not any(c in ses.images for c in contrasts):
-            LOG.debug("sub-%s ses-%s: none of %s; skipped", ses.sub, ses.ses, ", ".join(contrasts))
+            LOG.debug("sub-%s %s: none of %s; skipped", ses.sub, unit_tag(ses.ses), ", ".join(contrasts))
             continue
         jobs.append(SessionJob(ses.sub, ses.ses, images, pets))
     return jobs
@@ -618,7 +631,7 @@ def _run(jobs: list[SessionJob], ctx: RunContext, opts: RunOptions,
     todo = []
     for job in jobs:
         if job_finished(ctx, job):
-            LOG.info("sub-%s ses-%s: up to date, skipped", job.sub, job.ses)
+            LOG.info("sub-%s %s: up to date, skipped", job.sub, unit_tag(job.ses))
         else:
             todo.append(job)
     LOG.info("%d of %d MRI sessions to process (%d up to date)", len(todo), len(jobs),
@@ -689,7 +702,7 @@ def run_participant(opts: RunOptions, cfg: AppConfig) -> int:
     for scan, mri, reason in pair_pet_with_mri(inv, (PET_CONTRAST,), cfg.cohort.pair_window_days):
         if mri is None:
             error = f"PET {scan.path}: no usable MRI to register it to ({reason})"
-            log = _write_failure_log(out, scan.sub, f"ses-{scan.ses}_trc-{scan.tracer}", error)
+            log = _write_failure_log(out, scan.sub, unit_tag(scan.ses, scan.tracer), error)
             orphans.append(UnitResult(scan.sub, scan.ses, scan.tracer, error, 0.0, log))
             continue
         pets.setdefault((mri.sub, mri.ses), []).append(PetJob(scan.ses, scan.tracer, scan.path))

@@ -7,13 +7,14 @@ re-run sessions. The page puts a one-line-per-session summary table on top
 (status, mask volume, registration similarity, SUVR reference mean) with
 anything suspicious in red, then per session:
 
-- the brain-mask contour (red) on the N4-corrected native image, 3 orthogonal
+- the brain-mask outline (red) on the N4-corrected native image, 3 orthogonal
   views at 3 positions: a strip that took skull or lost brain is obvious;
 - the registered MRI with the template's edges (cyan): misregistration shows
   as edges that do not follow the anatomy;
 - the SUVR over the registered MRI, on one fixed colour scale for everybody.
 
-Plotting uses matplotlib's Agg canvas directly (no pyplot state, no display).
+Figures are assembled as RGB arrays (outlines are mask edges, no plotting
+axes) and saved with matplotlib's PNG writer: fast, no pyplot state, no display.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import html
 import io
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ SUVR_RANGE = (0.5, 2.5)  # one colour scale for every PET so uptake compares acr
 QC_SUFFIX = "_qc.json"
 _VIEWS = ("sagittal", "coronal", "axial")
 _OFFSETS = (-0.2, 0.0, 0.2)  # positions as fractions of the object's extent around its centre
+PANEL_PX = 220  # the field of view's longest side, in display pixels
 
 
 @dataclass(frozen=True)
@@ -79,18 +81,35 @@ def _positions(weights: np.ndarray) -> list[tuple[int, int, int]]:
     return out
 
 
+_AXES = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}  # (horizontal, vertical) axes
+
+
 def _cut(volume: np.ndarray, view: str, pos: tuple[int, int, int]) -> np.ndarray:
-    """A 2D slice ready for ``imshow(origin="lower")``: superior/anterior up."""
+    """A 2D slice as an image array: rows top → bottom = superior/anterior → inferior/posterior."""
     if view == "sagittal":
-        return volume[pos[0], :, :].T
-    if view == "coronal":
-        return volume[:, pos[1], :].T
-    return volume[:, :, pos[2]].T
+        cut = volume[pos[0], :, :]
+    elif view == "coronal":
+        cut = volume[:, pos[1], :]
+    else:
+        cut = volume[:, :, pos[2]]
+    return np.flipud(cut.T)
 
 
-def _aspect(zooms: np.ndarray, view: str) -> float:
-    horizontal, vertical = {"sagittal": (1, 2), "coronal": (0, 2), "axial": (0, 1)}[view]
-    return float(zooms[vertical] / zooms[horizontal])
+class _Panels:
+    """Cuts of several co-registered volumes, resampled to square display pixels."""
+
+    def __init__(self, zooms: np.ndarray, shape: tuple[int, ...]) -> None:
+        self.zooms = zooms
+        fov = float(np.max(np.asarray(shape[:3]) * zooms))
+        self.mm = fov / PANEL_PX  # mm per display pixel
+
+    def cut(self, volume: np.ndarray, view: str, pos: tuple[int, int, int],
+            order: int = 1) -> np.ndarray:
+        from scipy.ndimage import zoom
+
+        horizontal, vertical = _AXES[view]
+        factors = (self.zooms[vertical] / self.mm, self.zooms[horizontal] / self.mm)
+        return zoom(_cut(volume, view, pos), factors, order=order, prefilter=False)
 
 
 def _window(volume: np.ndarray) -> tuple[float, float]:
@@ -101,45 +120,56 @@ def _window(volume: np.ndarray) -> tuple[float, float]:
     return float(low), float(max(high, low + 1e-6))
 
 
-def _mosaic(background: np.ndarray, zooms: np.ndarray, centre_on: np.ndarray, title: str,
-            draw: Any) -> bytes:
-    """3 views × 3 positions of ``background``; ``draw(ax, view, pos)`` adds overlays."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _edge(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_erosion
 
-    fig = Figure(figsize=(7.5, 7.8), facecolor="black")
-    FigureCanvasAgg(fig)
+    return mask & ~binary_erosion(mask)
+
+
+Painter = Callable[[np.ndarray, _Panels, str, tuple[int, int, int]], None]
+
+
+def _mosaic(background: np.ndarray, zooms: np.ndarray, centre_on: np.ndarray, title: str,
+            paint: Painter) -> bytes:
+    """PNG of 3 views (rows) × 3 positions (columns); ``paint`` draws overlays in RGB."""
+    panels = _Panels(zooms, background.shape)
     vmin, vmax = _window(background)
     positions = _positions(centre_on)
-    for row, view in enumerate(_VIEWS):
-        for col, pos in enumerate(positions):
-            ax = fig.add_subplot(3, 3, row * 3 + col + 1)
-            ax.imshow(_cut(background, view, pos), cmap="gray", vmin=vmin, vmax=vmax,
-                      origin="lower", interpolation="nearest")
-            draw(ax, view, pos)
-            ax.set_aspect(_aspect(zooms, view))
-            ax.set_axis_off()
-    fig.suptitle(title, color="white", fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.95, wspace=0.02, hspace=0.02)
+    rows = []
+    for view in _VIEWS:
+        tiles = []
+        for pos in positions:
+            gray = np.clip((panels.cut(background, view, pos) - vmin) / (vmax - vmin), 0, 1)
+            rgb = np.repeat(gray[..., None], 3, axis=2)
+            paint(rgb, panels, view, pos)
+            tiles.append(np.pad(rgb, ((2, 2), (2, 2), (0, 0))))
+        rows.append(np.concatenate(tiles, axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), ((width - r.shape[1]) // 2, (width - r.shape[1] + 1) // 2),
+                       (0, 0))) for r in rows]
+    return _png(np.concatenate(rows, axis=0), title)
+
+
+def _png(rgb: np.ndarray, title: str) -> bytes:
+    from matplotlib.image import imsave
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=64, facecolor="black")
+    imsave(buf, np.clip(rgb, 0, 1), format="png", metadata={"Title": title})
     return buf.getvalue()
 
 
 def skullstrip_figure(image: nib.Nifti1Image, mask: nib.Nifti1Image, title: str) -> bytes:
-    """PNG: the brain-mask contour in red on the native (N4-corrected) image."""
+    """PNG: the brain-mask outline in red on the native (N4-corrected) image."""
     data, zooms = _canonical(image)
     mask_data, _ = _canonical(mask)
     if mask_data.shape != data.shape:
         raise ValueError(f"mask {mask_data.shape} and image {data.shape} grids differ")
-    outline = data if not mask_data.any() else mask_data
+    binary = mask_data > 0.5
 
-    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
-        cut = _cut(mask_data, view, pos)
-        if cut.max() > 0.5 > cut.min():
-            ax.contour(cut, levels=[0.5], colors="red", linewidths=1.2, origin="lower")
+    def paint(rgb: np.ndarray, panels: _Panels, view: str, pos: tuple[int, int, int]) -> None:
+        rgb[_edge(panels.cut(binary, view, pos, order=0))] = (1.0, 0.0, 0.0)
 
-    return _mosaic(data, zooms, outline, title, draw)
+    return _mosaic(data, zooms, binary if binary.any() else data, title, paint)
 
 
 def registration_figure(image: nib.Nifti1Image, template: nib.Nifti1Image, title: str) -> bytes:
@@ -149,31 +179,34 @@ def registration_figure(image: nib.Nifti1Image, template: nib.Nifti1Image, title
     if tpl.shape != data.shape:
         raise ValueError(f"template {tpl.shape} and image {data.shape} grids differ")
     inside = tpl[tpl > 0]
-    levels = sorted(set(np.percentile(inside, (15, 65)).tolist())) if inside.size else [0.5]
+    levels = np.percentile(inside, (15, 65)).tolist() if inside.size else [0.5]
 
-    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
-        cut = _cut(tpl, view, pos)
-        usable = [lv for lv in levels if cut.min() < lv < cut.max()]
-        if usable:
-            ax.contour(cut, levels=usable, colors="cyan", linewidths=0.8, origin="lower")
+    def paint(rgb: np.ndarray, panels: _Panels, view: str, pos: tuple[int, int, int]) -> None:
+        cut = panels.cut(tpl, view, pos)
+        for level in levels:
+            rgb[_edge(cut > level)] = (0.0, 1.0, 1.0)
 
-    return _mosaic(data, zooms, tpl, title, draw)
+    return _mosaic(data, zooms, tpl, title, paint)
 
 
 def pet_figure(suvr: nib.Nifti1Image, mri: nib.Nifti1Image, title: str) -> bytes:
-    """PNG: SUVR (hot, fixed scale :data:`SUVR_RANGE`) over the registered MRI."""
+    """PNG: SUVR (hot colours, fixed scale :data:`SUVR_RANGE`) over the registered MRI."""
+    from matplotlib import colormaps
+
     data, zooms = _canonical(mri)
     pet, _ = _canonical(suvr)
     if pet.shape != data.shape:
         raise ValueError(f"SUVR {pet.shape} and MRI {data.shape} grids differ")
-    shown = np.ma.masked_less(pet, SUVR_RANGE[0] * 0.5)
+    low, high = SUVR_RANGE
+    hot = colormaps["hot"]
 
-    def draw(ax: Any, view: str, pos: tuple[int, int, int]) -> None:
-        ax.imshow(_cut(shown, view, pos), cmap="hot", vmin=SUVR_RANGE[0], vmax=SUVR_RANGE[1],
-                  alpha=0.55, origin="lower", interpolation="nearest")
+    def paint(rgb: np.ndarray, panels: _Panels, view: str, pos: tuple[int, int, int]) -> None:
+        cut = panels.cut(pet, view, pos)
+        colour = hot(np.clip((cut - low) / (high - low), 0, 1))[..., :3]
+        alpha = np.where(cut >= low * 0.5, 0.6, 0.0)[..., None]
+        rgb[:] = (1 - alpha) * rgb + alpha * colour
 
-    title = f"{title}   (SUVR {SUVR_RANGE[0]:g} dark → {SUVR_RANGE[1]:g} white)"
-    return _mosaic(data, zooms, data, title, draw)
+    return _mosaic(data, zooms, data, title, paint)
 
 
 # --------------------------------------------------------------------------- numbers
