@@ -432,6 +432,11 @@ def build_layout(bids_dir: Path, work_dir: Path | None, subjects: tuple[str, ...
         return bids.BIDSLayout(bids_dir, validate=False, database_path=cache, indexer=indexer)
     tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        LOG.warning("cannot cache the pybids index in %s (%s): indexing in memory", cache, err)
+        return bids.BIDSLayout(bids_dir, validate=False, indexer=indexer)
     bids.BIDSLayout(bids_dir, validate=False, database_path=tmp, indexer=indexer)
     try:
         os.replace(tmp, cache)

@@ -356,3 +356,20 @@ def test_validator_found_next_to_python():
     from bids_amyloid.bids import validator_executable
 
     assert os.access(validator_executable(), os.X_OK)
+
+
+def test_dataset_without_sessions(tmp_path):
+    b = BidsBuilder(tmp_path / "bids")
+    for sub in ("01", "010"):  # "01" must not select "010"
+        b.anat(sub, None, "T1w")
+        b.pet(sub, None, "AV45")
+        b.scans(sub, None, [
+            {"filename": f"anat/sub-{sub}_T1w.nii.gz", "acq_time": "2019-05-01T09:00:00"},
+            {"filename": f"pet/sub-{sub}_trc-AV45_pet.nii.gz",
+             "acq_time": "2019-07-01T09:00:00", "centiloid": 25.0}])
+    inv = collect_inventory(options(b.root, tmp_path, participant_labels=("01",)), config())
+    assert [(m.sub, m.ses) for m in inv.mri] == [("01", "")]
+    (pet,) = inv.pet
+    assert pet.centiloid == 25.0 and pet.date_source == "scans.tsv acq_time"
+    ((_, m, reason),) = pair_pet_with_mri(inv, ("T1w",), 365)
+    assert m is not None and "61 days" in reason
