@@ -1,0 +1,289 @@
+"""Predict level: MRI-only inference, refusals, training-subject flag, saliency, determinism."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_amyloid import cli
+from bids_amyloid import derivatives as drv
+from bids_amyloid.config import AppConfig, ModelConfig, config_to_dict
+from bids_amyloid.errors import EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED
+from bids_amyloid.predict import PREDICTION_COLUMNS, load_slices, plan_sessions
+from tests.bids_builders import BidsBuilder
+
+CFG = AppConfig(model=ModelConfig(backbone="test_vit"))
+SLICE_INDICES = list(range(79, 119))  # 40 sagittal positions, as on the template grid
+
+
+def fake_brain_slices(seed: int, n: int = 30, size: int = 224) -> np.ndarray:
+    """Smooth, subject-specific slices in [0, 1] (an ellipse of varying brightness)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] / size - 0.5
+    out = np.zeros((n, size, size), np.float32)
+    for i in range(n):
+        radius = 0.3 + 0.1 * np.sin(i / n * np.pi)
+        inside = (yy / (radius * rng.uniform(0.9, 1.1))) ** 2 + (xx / radius) ** 2 < 1
+        out[i] = inside * (0.4 + 0.4 * rng.random() + 0.1 * np.cos(8 * yy + rng.random()))
+    return np.clip(out, 0, 1)
+
+
+def write_participant_outputs(out: Path, bids: Path, raw: Path, sub: str, ses: str,
+                              contrast: str, cfg: AppConfig, seed: int) -> Path:
+    """What the participant level leaves for one contrast: preproc sidecar + slice cache."""
+    from bids_amyloid.preproc.pipeline import parameter_hash, source_uri
+
+    meta = {"ParameterHash": parameter_hash(cfg), "Parameters": config_to_dict(cfg.preproc)}
+    image = drv.derivative_path(out, sub, ses, "anat", suffix=contrast, ext=".nii.gz",
+                                space="MNI152NLin2009aSym", desc="preproc")
+    drv.write_json(drv.sidecar_of(image), {**meta, "Sources": [source_uri(raw, bids)]})
+    slices = fake_brain_slices(seed)
+    cache = drv.mri_slice_cache(out, sub, ses, contrast)
+    drv.write_slice_cache(cache, slices, SLICE_INDICES[: len(slices)],
+                          {**meta, "Sources": [f"bids::{image.relative_to(out)}"]})
+    return cache
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bids_amyloid.models import build_student, save_model
+
+    path = tmp_path_factory.mktemp("model") / "student_T1w.pt"
+    save_model(path, build_student(CFG, ("T1w",)), CFG,
+               {"thresholds": {"fixed": 0.5, "tau": 0.42}, "training_participants": ["sub-01"]})
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_contrast_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from bids_amyloid.models import build_student, save_model
+
+    cfg = AppConfig(model=ModelConfig(backbone="test_vit"))
+    path = tmp_path_factory.mktemp("model2") / "student_T1w-T2w.pt"
+    save_model(path, build_student(cfg, ("T1w", "T2w")), cfg, {"thresholds": {"tau": 0.5}})
+    return path
+
+
+def mri_only_dataset(root: Path, out: Path, contrasts_of: dict[str, tuple[str, ...]]) -> Path:
+    """BIDS without PET or Centiloid; participant-level caches in ``out`` for every image."""
+    b = BidsBuilder(root)
+    for k, (sub, contrasts) in enumerate(sorted(contrasts_of.items())):
+        for contrast in contrasts:
+            raw = b.anat(sub, "01", contrast)
+            write_participant_outputs(out, root, raw, sub, "01", contrast, CFG, seed=10 * k)
+    drv.init_output(out, root)
+    return root
+
+
+def predict(bids: Path, out: Path, model: Path, *extra: str) -> int:
+    return cli.main([str(bids), str(out), "predict", "--model", str(model),
+                     "--skip-bids-validation", "-q", *extra])
+
+
+def read_tsv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+
+
+def test_predict_without_pet_or_centiloid(tmp_path: Path, model_file: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",), "02": ("T1w",),
+                                                     "03": ("T1w", "T2w"), "04": ("T2w",)})
+    with caplog.at_level(logging.WARNING):
+        assert predict(bids, out, model_file) == 0
+    folder = out / "predict" / "student_T1w"
+    table = read_tsv(folder / "predictions.tsv")
+    assert tuple(table.columns) == PREDICTION_COLUMNS
+    assert table["participant_id"].tolist() == ["sub-01", "sub-02", "sub-03"]
+    probs = table["probability"].astype(float)
+    assert ((probs > 0) & (probs < 1)).all()
+    assert probs.nunique() == 3, "different subjects' slices must give different outputs"
+    assert (table["tau"].astype(float) == 0.42).all()
+    assert (table["positive_at_tau"].astype(int) == (probs > 0.42).astype(int)).all()
+    assert (table["positive_at_0.5"].astype(int) == (probs > 0.5).astype(int)).all()
+    assert (table["contrasts_used"] == "T1w").all()
+    assert table["model_sha256"].str.fullmatch(r"[0-9a-f]{64}").all()
+    # the training-cohort subject is flagged and warned about
+    assert table.set_index("participant_id")["in_training_cohort"].to_dict() == {
+        "sub-01": "true", "sub-02": "false", "sub-03": "false"}
+    assert any("training cohort" in r.getMessage() and "sub-01" in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+    # the session without the model's contrast is listed with its reason
+    excluded = read_tsv(folder / "excluded.tsv")
+    assert excluded["participant_id"].tolist() == ["sub-04"]
+    assert "needs T1w" in excluded["reason"].iloc[0] and "has T2w" in excluded["reason"].iloc[0]
+    assert not (folder / "metrics.tsv").exists(), "no Centiloid: no metrics"
+    provenance = json.loads((folder / "predict.json").read_text())
+    assert provenance["Sessions"] == {"predicted": 3, "excluded": 1, "failed": 0}
+    assert not list(out.rglob(".tmp-*")), "no temporaries left"
+    assert not (out / "predict" / "student_T1w" / "derivatives").exists(), "caches were reused"
+
+
+def test_predictions_identical_between_runs(tmp_path: Path, model_file: Path) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",), "02": ("T1w",)})
+    assert predict(bids, out, model_file) == 0
+    first = (out / "predict" / "student_T1w" / "predictions.tsv").read_bytes()
+    assert predict(bids, out, model_file) == 0
+    assert (out / "predict" / "student_T1w" / "predictions.tsv").read_bytes() == first
+
+
+def test_allow_training_subjects_silences_warning(tmp_path: Path, model_file: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",)})
+    with caplog.at_level(logging.WARNING):
+        assert predict(bids, out, model_file, "--allow-training-subjects") == 0
+    assert not any("training cohort" in r.getMessage() for r in caplog.records)
+    table = read_tsv(out / "predict" / "student_T1w" / "predictions.tsv")
+    assert table["in_training_cohort"].tolist() == ["true"], "still flagged in the table"
+
+
+def test_multi_contrast_model_uses_the_subset_present(tmp_path: Path,
+                                                      two_contrast_model: Path) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w", "T2w"), "02": ("T1w",),
+                                                     "03": ("FLAIR",)})
+    assert predict(bids, out, two_contrast_model) == 0
+    table = read_tsv(out / "predict" / "student_T1w-T2w" / "predictions.tsv").set_index(
+        "participant_id")
+    assert table.loc["sub-01", "contrasts_used"] == "T1w+T2w"
+    assert table.loc["sub-01", "note"] == "n/a"
+    assert table.loc["sub-02", "contrasts_used"] == "T1w"
+    assert "T2w missing" in table.loc["sub-02", "note"]
+    assert table.loc["sub-01", "in_training_cohort"] == "n/a", "model records no cohort"
+    excluded = read_tsv(out / "predict" / "student_T1w-T2w" / "excluded.tsv")
+    assert excluded["participant_id"].tolist() == ["sub-03"]
+    assert "T1w or T2w" in excluded["reason"].iloc[0]
+
+
+def test_refuses_when_no_session_has_the_contrast(tmp_path: Path, two_contrast_model: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("FLAIR",)})
+    assert predict(bids, out, two_contrast_model) == EXIT_NOTHING_SELECTED
+    assert any("needs" in r.getMessage() and "T1w or T2w" in r.getMessage()
+               for r in caplog.records)
+    excluded = read_tsv(out / "predict" / "student_T1w-T2w" / "excluded.tsv")
+    assert excluded["participant_id"].tolist() == ["sub-01"]
+
+
+def fake_open_clip_folder(folder: Path) -> Path:
+    """A tiny 'BiomedCLIP' in open_clip's on-disk format (a test_vit trunk, random weights)."""
+    import timm
+    import torch
+
+    folder.mkdir(parents=True)
+    trunk = timm.create_model("test_vit", pretrained=False, num_classes=0)  # 160 px
+    state = {f"visual.trunk.{k}": v for k, v in trunk.state_dict().items()}
+    torch.save(state, folder / "open_clip_pytorch_model.bin")
+    (folder / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": {"embed_dim": 64, "vision_cfg": {"timm_model_name": "test_vit",
+                                                       "image_size": 160}}}))
+    return folder
+
+
+def test_missing_backbone_weights_say_how_to_provide_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A pretrained-backbone model: weights via the fetch command's folder, or a clear refusal."""
+    from bids_amyloid import weights
+    from bids_amyloid.models import build_student, save_model
+
+    monkeypatch.delenv("BIDS_AMYLOID_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    download = fake_open_clip_folder(tmp_path / "download")
+    store = tmp_path / "weights"
+    assert weights.main([str(store), "--source", str(download), "--skip-hdbet"]) == 0
+    cfg = AppConfig(model=ModelConfig(backbone="biomedclip", backbone_weights=str(store),
+                                      image_size=160))
+    model = tmp_path / "student_T1w.pt"
+    save_model(model, build_student(cfg, ("T1w",)), cfg, {"thresholds": {"tau": 0.5}})
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",)})
+    # the recorded folder moved away: clear error, exit 66, nothing predicted
+    store.rename(tmp_path / "elsewhere")
+    assert predict(bids, out, model) == EXIT_INPUT_MISSING
+    message = " ".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert "bids-amyloid-fetch-weights" in message and "BIDS_AMYLOID_WEIGHTS" in message
+    assert not (out / "predict" / "student_T1w" / "predictions.tsv").exists()
+    # pointing at the folder (flag or environment) works
+    assert predict(bids, out, model, "--backbone-weights", str(tmp_path / "elsewhere")) == 0
+    monkeypatch.setenv("BIDS_AMYLOID_WEIGHTS", str(tmp_path / "elsewhere"))
+    assert predict(bids, out, model) == 0
+
+
+def test_metrics_when_centiloid_is_available(tmp_path: Path, model_file: Path) -> None:
+    out = tmp_path / "out"
+    b = BidsBuilder(tmp_path / "bids")
+    for i in range(1, 7):
+        sub = f"{i:02d}"
+        raw = b.anat(sub, "01", "T1w")
+        b.pet(sub, "02", "AV45")
+        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
+                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
+                          "centiloid": 50.0 if i % 2 else 3.0}])
+        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=i)
+    drv.init_output(out, b.root)
+    assert predict(b.root, out, model_file) == 0
+    folder = out / "predict" / "student_T1w"
+    evaluation = read_tsv(folder / "evaluation.tsv")
+    assert len(evaluation) == 6
+    assert evaluation["label"].astype(int).tolist() == [1, 0, 1, 0, 1, 0]
+    assert set(evaluation["days_apart"]) == {"60"}
+    metrics = read_tsv(folder / "metrics.tsv").set_index("set")
+    assert list(metrics.index) == ["all", "not_in_training_cohort"]
+    assert int(metrics.loc["all", "n_pairs"]) == 6
+    assert int(metrics.loc["not_in_training_cohort", "n_pairs"]) == 5
+    for column in ("auc", "auc_ci_low", "auc_ci_high", "f1@0.5", "f1@tau", "npv@tau",
+                   "specificity@0.5"):
+        assert column in metrics.columns
+
+
+def test_parameters_mismatch_is_not_reused(tmp_path: Path, model_file: Path) -> None:
+    """Caches made with other preprocessing parameters are neither reused nor overwritten."""
+    from bids_amyloid.bids import MRISession
+    from bids_amyloid.options import RunOptions
+    from bids_amyloid.predict import PredictModel, cache_is_reusable, locate_caches
+
+    out = tmp_path / "out"
+    b = BidsBuilder(tmp_path / "bids")
+    raw = b.anat("01", "01", "T1w")
+    other = AppConfig(preproc=CFG.preproc.__class__(gamma=1.0))
+    write_participant_outputs(out, b.root, raw, "01", "01", "T1w", other, seed=1)
+    drv.init_output(out, b.root)
+    session = MRISession("01", "01", None, "none", {"T1w": raw})
+    ok, why = cache_is_reusable(out, session, "T1w", CFG.preproc, b.root)
+    assert not ok and "parameters" in why
+    assert cache_is_reusable(out, session, "T1w", other.preproc, b.root)[0]
+    # a PET-only setting does not invalidate an MRI cache
+    pet_only = AppConfig(preproc=other.preproc.__class__(gamma=1.0, pet_fwhm_mm=6.0))
+    assert cache_is_reusable(out, session, "T1w", pet_only.preproc, b.root)[0]
+    # another raw file: not reusable
+    moved = MRISession("01", "01", None, "none", {"T1w": raw.with_name("x_T1w.nii.gz")})
+    assert not cache_is_reusable(out, moved, "T1w", other.preproc,
+                                 b.root)[0]
+    plans, _ = plan_sessions([session], ("T1w",))
+    model = PredictModel(network=None, cfg=CFG, meta={}, path=model_file, sha256="0", device="cpu")
+    opts = RunOptions(bids_dir=b.root, output_dir=out, analysis_level="predict")
+    todo = locate_caches(plans, model, opts, tmp_path / "private")
+    assert list(todo) == [tmp_path / "private"], "never preprocess over another config's outputs"
+
+
+def test_load_slices_picks_training_selection(tmp_path: Path) -> None:
+    cache = tmp_path / "c.npy"
+    slices = np.stack([np.full((8, 8), i / 40, np.float32) for i in range(40)])
+    order = np.random.default_rng(0).permutation(40)  # rows stored out of order
+    drv.write_slice_cache(cache, slices[order], [int(100 + i) for i in order], {})
+    item = load_slices(cache, 25)
+    assert item.mask.sum() == 25 and len(item.indices) == 25
+    assert list(item.indices) == sorted(item.indices), "numeric order of sagittal index"
+    assert item.indices[0] == 100 and item.indices[-1] == 139
+    np.testing.assert_allclose(item.slices[:, 0, 0], (np.array(item.indices) - 100) / 40,
+                               atol=1e-3)
+    short = load_slices(cache, 50)
+    assert short.mask.sum() == 40 and not short.slices[40:].any(), "padding is zero and masked"
