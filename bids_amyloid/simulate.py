@@ -285,7 +285,7 @@ def _write_pet(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPlan, ses:
     write_json(path.with_name(f"{stem}.json"), pet_sidecar(tracer, spec.n_frames, injected))
     truth_json, truth_mask = truth_paths(out, path)
     mask = np.zeros(shape, dtype=np.uint8)
-    mask[sample(anat.brain.astype(np.float32), anat.affine, pose, affine, shape) >= 0.5] = 1
+    mask[sample(anat.brain_float, anat.affine, pose, affine, shape) >= 0.5] = 1
     write_nifti(truth_mask, mask, affine)
     suvr = round(activity.suvr, 5)
     write_json(truth_json, {**_truth(pose, affine, shape, axcodes, voxel, path, out), **common,

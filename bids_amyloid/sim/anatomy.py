@@ -23,6 +23,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -69,6 +70,11 @@ class Anatomy:
     ventricle_zone: np.ndarray   # bool: where ventricles may grow
     centroid: np.ndarray         # brain centroid, template world mm
 
+    @functools.cached_property
+    def brain_float(self) -> np.ndarray:
+        """The brain mask as float32 (for linear resampling)."""
+        return self.brain.astype(np.float32)
+
     @property
     def shape(self) -> tuple[int, int, int]:
         return self.gm.shape  # type: ignore[return-value]
@@ -86,7 +92,7 @@ def gaain_voi_path(name: str) -> Path:
     return path
 
 
-def resample_to_grid(img: nib.Nifti1Image, affine: np.ndarray, shape: tuple[int, ...],
+def resample_to_grid(img: Any, affine: np.ndarray, shape: tuple[int, ...],
                      order: int = 1) -> np.ndarray:
     """Sample ``img`` on the grid ``(affine, shape)`` by world coordinates (0 outside)."""
     index_map = np.linalg.inv(img.affine) @ affine
@@ -118,11 +124,12 @@ def build_anatomy(voxel_mm: int = 1) -> Anatomy:
     tmpl = datasets.load_mni152_brain_mask(resolution=voxel_mm)
     pad = [int(p / voxel_mm) for p in PAD_MM]
     lo = np.array([pad[0], pad[1], pad[2]])
-    shape = tuple(int(n) for n in np.array(tmpl.shape) + lo + np.array([pad[0], pad[1], pad[3]]))
+    dims = np.array(tmpl.shape) + lo + np.array([pad[0], pad[1], pad[3]])
+    shape = (int(dims[0]), int(dims[1]), int(dims[2]))
     affine = tmpl.affine.copy()
     affine[:3, 3] -= lo * voxel_mm
 
-    def load(img: nib.Nifti1Image, order: int = 1) -> np.ndarray:
+    def load(img: Any, order: int = 1) -> np.ndarray:
         return np.clip(resample_to_grid(img, affine, shape, order), 0.0, 1.0)
 
     brain = load(tmpl, 0) > 0.5
@@ -136,10 +143,15 @@ def build_anatomy(voxel_mm: int = 1) -> Anatomy:
 
     outside = ndimage.distance_transform_edt(~brain).astype(np.float32) * voxel_mm
     depth = ndimage.distance_transform_edt(brain).astype(np.float32) * voxel_mm
-    shells = {name: _shell(outside, a, b, voxel_mm) for name, a, b in SHELLS}
-    shells = {k: v * ~brain for k, v in shells.items()}
     x, y, z = _world_coords(affine, shape)
-    neck = _neck(x, y, z, brain, outside)
+    # Shell thickness varies over the head: thicker occiput and vertex, thin temples.
+    thickness = np.clip(1.0 + 0.2 * np.clip(-y / 90.0, -1.0, 1.0) + 0.15 * np.clip(z / 70.0, -1.0, 1.0)
+                        - 0.3 * np.clip(np.abs(x) / 70.0, 0.0, 1.0) ** 2, 0.7, 1.45)
+    shell_distance = outside / thickness.astype(np.float32)
+    shells = {name: _shell(shell_distance, a, b, voxel_mm) for name, a, b in SHELLS}
+    shells = {k: v * ~brain for k, v in shells.items()}
+    neck = _neck(x, y, z, brain, shell_distance)
+    eye_fluid, eye_fat = _eyes(x, y, z, brain)
 
     cerebellum = load(nib.load(gaain_voi_path("WhlCbl")), 0) > 0.5
     ctx_voi = load(nib.load(gaain_voi_path("ctx")), 0) > 0.5
@@ -154,11 +166,12 @@ def build_anatomy(voxel_mm: int = 1) -> Anatomy:
     thinning_weight = (np.clip(near_csf / 0.3, 0.0, 1.0) * (~cerebellum) * (depth < 30.0)
                        * (ventricle_distance > 4.0)).astype(np.float32)
 
-    fat = np.maximum(shells["fat"], neck[1])
-    scalp = np.maximum(shells["scalp"], neck[0]) * (1.0 - fat)
-    bone = np.clip(shells["bone"] + shells["bone2"], 0.0, 1.0) * (1.0 - scalp - fat)
-    marrow = shells["marrow"] * (1.0 - scalp - fat)
-    csf = (csf_in + shells["csf_ext"] * (1.0 - bone)).astype(np.float32)
+    orbit = eye_fluid + eye_fat
+    fat = np.maximum(shells["fat"], neck[1]) * (1.0 - orbit) + eye_fat
+    scalp = np.maximum(shells["scalp"], neck[0]) * (1.0 - fat) * (1.0 - orbit)
+    bone = np.clip(shells["bone"] + shells["bone2"], 0.0, 1.0) * np.clip(1.0 - scalp - fat - orbit, 0, 1)
+    marrow = shells["marrow"] * np.clip(1.0 - scalp - fat - orbit, 0.0, 1.0)
+    csf = (csf_in + shells["csf_ext"] * (1.0 - bone) * (1.0 - orbit) + eye_fluid).astype(np.float32)
     head = (gm + wm + csf + bone + marrow + scalp + fat) > 0.5
     coords = np.argwhere(brain)
     centroid = (affine @ np.append(coords.mean(axis=0), 1.0))[:3]
@@ -172,13 +185,30 @@ def build_anatomy(voxel_mm: int = 1) -> Anatomy:
                    centroid=centroid)
 
 
+def _eyes(x: np.ndarray, y: np.ndarray, z: np.ndarray,
+          brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two eyeballs (fluid, 11 mm radius) in orbital fat, below the frontal lobes."""
+    fluid = np.zeros(brain.shape, dtype=np.float32)
+    fat = np.zeros(brain.shape, dtype=np.float32)
+    for side in (-1.0, 1.0):
+        r = np.sqrt((x - side * 32.0) ** 2 + (y - 50.0) ** 2 + (z + 38.0) ** 2)
+        fluid = np.maximum(fluid, np.clip(11.5 - r, 0.0, 1.0))
+        fat = np.maximum(fat, np.clip(16.5 - r, 0.0, 1.0))
+    keep = (~brain).astype(np.float32)
+    return fluid * keep, np.clip(fat - fluid, 0.0, 1.0) * keep
+
+
 def _neck(x: np.ndarray, y: np.ndarray, z: np.ndarray, brain: np.ndarray,
           outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Muscle and fat of a neck: an elliptic cylinder below the brain, tapering up."""
+    """Muscle and fat of a neck (elliptic cylinder below the brain) and a crude face."""
     r = np.sqrt((x / 48.0) ** 2 + ((y + 22.0) / 52.0) ** 2)
     below = np.clip((-50.0 - z) / 20.0, 0.0, 1.0)  # fades in below z = -50 mm
-    muscle = (np.clip((0.88 - r) * 20.0, 0.0, 1.0) * below).astype(np.float32)
-    fat = (np.clip((1.0 - r) * 20.0, 0.0, 1.0) * below).astype(np.float32) - muscle
+    # the face: a half ellipsoid in front of the neck, under the frontal lobes
+    f = np.sqrt((x / 52.0) ** 2 + ((y - 28.0) / 38.0) ** 2 + ((z + 58.0) / 34.0) ** 2)
+    muscle = np.maximum(np.clip((0.88 - r) * 20.0, 0.0, 1.0) * below,
+                        np.clip((0.92 - f) * 20.0, 0.0, 1.0)).astype(np.float32)
+    fat = np.maximum(np.clip((1.0 - r) * 20.0, 0.0, 1.0) * below,
+                     np.clip((1.0 - f) * 20.0, 0.0, 1.0)).astype(np.float32) - muscle
     keep = (~brain) & (outside > 7.5)
     return muscle * keep, np.clip(fat, 0.0, 1.0) * keep
 

@@ -134,6 +134,10 @@ def bias_field(rng: np.random.Generator, shape: tuple[int, int, int],
 
 def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.ndarray:
     """Magnitude of ``signal`` plus complex Gaussian noise of std ``sigma``."""
-    real = signal + rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
-    imag = rng.normal(0.0, sigma, size=signal.shape).astype(np.float32)
+    scale = np.float32(sigma)
+    real = rng.standard_normal(signal.shape, dtype=np.float32)
+    real *= scale
+    real += signal
+    imag = rng.standard_normal(signal.shape, dtype=np.float32)
+    imag *= scale
     return np.sqrt(real * real + imag * imag)

@@ -87,7 +87,7 @@ def synth_mri(anat: Anatomy, morph: Morphology, contrast: str, pose: Pose, affin
     signal = clean * bias_field(rng, shape, bias_strength) * np.float32(gain)
     noisy = rician(rng, signal, noise * gain * values["wm"])
     data = np.clip(np.rint(noisy), 0, 32767).astype(np.int16)
-    mask = sample(anat.brain.astype(np.float32), anat.affine, pose, affine, shape) >= 0.5
+    mask = sample(anat.brain_float, anat.affine, pose, affine, shape) >= 0.5
     params = {"bias_strength": bias_strength, "noise_fraction": noise, "gain": gain}
     return MRIImage(data=data, mask=mask.astype(np.uint8)), params
 
@@ -133,7 +133,7 @@ def synth_pet(anat: Anatomy, activity: PETActivity, pose: Pose, affine: np.ndarr
     frames = []
     for k in range(n_frames):
         drift = np.float32(1.0 - 0.012 * k + rng.normal(0.0, 0.005))
-        field = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 0.8)
+        field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 0.8)
         field /= np.float32(field.std() + 1e-6)
         std = np.float32(noise) * np.sqrt(np.maximum(clean, 0.0) * np.float32(level_bq_ml))
         frames.append(np.maximum(clean * drift + field * std, 0.0))
