@@ -48,6 +48,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -359,17 +360,42 @@ def validator_executable() -> str:
     return found
 
 
-def validate_bids(bids_dir: Path, timeout: float = 3600.0) -> list[str]:
+def _subset_view(bids_dir: Path, subjects: tuple[str, ...], scratch: Path) -> Path:
+    """A folder of symlinks: BIDS_DIR's top-level files plus the chosen subjects only."""
+    view = Path(tempfile.mkdtemp(prefix=".tmp-bids-view-", dir=scratch))
+    for entry in sorted(bids_dir.iterdir()):
+        is_subject = entry.name.startswith("sub-") and entry.is_dir()
+        if not is_subject or entry.name.removeprefix("sub-") in subjects:
+            (view / entry.name).symlink_to(entry.resolve())
+    return view
+
+
+def validate_bids(bids_dir: Path, timeout: float = 3600.0, subjects: tuple[str, ...] = (),
+                  scratch: Path | None = None) -> list[str]:
     """Run ``bids-validator-deno``; raise InvalidBIDSError if it reports errors.
 
+    With ``subjects`` and a ``scratch`` folder, only those subjects (and the
+    top-level files) are validated, through a view of symlinks in ``scratch``:
+    an array job of one subject does not re-validate the whole dataset.
     Returns the warning codes (with counts) for logging.
     """
-    cmd = [validator_executable(), "--format", "json", str(bids_dir)]
-    LOG.info("validating %s with bids-validator-deno (skip with --skip-bids-validation)", bids_dir)
+    target, view = bids_dir, None
+    if subjects and scratch is not None:
+        try:
+            scratch.mkdir(parents=True, exist_ok=True)
+            target = view = _subset_view(bids_dir, subjects, scratch)
+        except OSError as err:
+            LOG.info("validating all of %s (no subset view: %s)", bids_dir, err)
+    cmd = [validator_executable(), "--format", "json", str(target)]
+    LOG.info("validating %s%s with bids-validator-deno (skip with --skip-bids-validation)",
+             bids_dir, f" (sub-{', sub-'.join(subjects)})" if view else "")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise InvalidBIDSError(f"bids-validator-deno could not check {bids_dir}: {err}") from err
+    finally:
+        if view is not None:
+            shutil.rmtree(view, ignore_errors=True)
     try:
         issues = json.loads(done.stdout)["issues"]["issues"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
@@ -622,11 +648,15 @@ def collect_inventory(opts: RunOptions, cfg: AppConfig) -> Inventory:
         raise InputMissingError(f"{bids_dir} has no dataset_description.json: not a BIDS dataset")
     check_filters(opts.bids_filters)
     source = centiloid_source(cfg)
+    absent = [s for s in opts.participant_labels if not (bids_dir / f"sub-{s}").is_dir()]
+    if absent:
+        raise NothingSelectedError(f"no folder for participant(s) {', '.join(absent)} "
+                                   f"in {bids_dir}")
+    work = Path(opts.work_dir) if opts.work_dir else Path(opts.output_dir) / "work"
     if not opts.skip_bids_validation:
-        warnings = validate_bids(bids_dir)
+        warnings = validate_bids(bids_dir, subjects=opts.participant_labels, scratch=work)
         if warnings:
             LOG.info("bids-validator-deno warnings: %s", ", ".join(warnings))
-    work = Path(opts.work_dir) if opts.work_dir else Path(opts.output_dir) / "work"
     layout = build_layout(bids_dir, work, opts.participant_labels)
     tables = Tables(bids_dir)
     mri = _mri_sessions(layout, opts, tables)

@@ -28,14 +28,25 @@ Example
 
 from __future__ import annotations
 
+import datetime
 import logging
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bids_amyloid.bids import Inventory, PETScan, collect_inventory, days_apart, pair_pet_with_mri
+from bids_amyloid.bids import (
+    DAY_OFFSET_EPOCH,
+    DAY_OFFSET_SOURCE,
+    Inventory,
+    PETScan,
+    collect_inventory,
+    date_kind,
+    days_apart,
+    pair_pet_with_mri,
+)
 from bids_amyloid.config import MRI_CONTRASTS, AppConfig, CohortConfig
 from bids_amyloid.errors import (
     InputDataError,
@@ -53,6 +64,8 @@ COHORT_COLUMNS = ("participant_id", "mri_session", "pet_session", "tracer", "cen
                   "label", "days_apart", "split")
 EXCLUDED_COLUMNS = ("participant_id", "pet_session", "tracer", "pet_file", "mri_session",
                     "centiloid", "reason", "detail")
+PROVENANCE_COLUMNS = ("participant_id", "session", "modality", "tracer", "files", "date",
+                      "date_source", "centiloid", "centiloid_source")
 SPLITS = ("train", "val", "test")
 EXCLUSION_CODES = {
     "no_mri": "the subject has no MRI session",
@@ -252,13 +265,52 @@ def format_summary(cohort: pd.DataFrame, excluded: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _date_text(date: datetime.date | None, source: str) -> str:
+    if date is None:
+        return "n/a"
+    if date_kind(source) == "offset":
+        return f"day {(date - DAY_OFFSET_EPOCH).days}"
+    return date.isoformat()
+
+
+def provenance_table(inv: Inventory) -> pd.DataFrame:
+    """Where every date and Centiloid came from: one row per MRI session and PET scan."""
+    rows: list[dict[str, object]] = [{
+        "participant_id": f"sub-{m.sub}", "session": _session(m.ses), "modality": "MRI",
+        "tracer": "n/a", "files": " ".join(p.name for p in m.images.values()),
+        "date": _date_text(m.date, m.date_source), "date_source": m.date_source,
+        "centiloid": None, "centiloid_source": "n/a",
+    } for m in inv.mri]
+    rows += [{
+        "participant_id": f"sub-{p.sub}", "session": _session(p.ses), "modality": "PET",
+        "tracer": p.tracer, "files": p.path.name, "date": _date_text(p.date, p.date_source),
+        "date_source": p.date_source, "centiloid": p.centiloid,
+        "centiloid_source": p.centiloid_note,
+    } for p in inv.pet]
+    frame = pd.DataFrame(rows, columns=list(PROVENANCE_COLUMNS))
+    return frame.sort_values(["participant_id", "session", "modality", "tracer"],
+                             kind="stable").reset_index(drop=True)
+
+
 def write_cohort(folder: Path, cohort: pd.DataFrame, excluded: pd.DataFrame,
-                 meta: dict[str, object]) -> tuple[Path, Path]:
-    """Write ``cohort.tsv``, ``excluded.tsv`` and ``cohort.json`` atomically."""
+                 meta: dict[str, object], provenance: pd.DataFrame | None = None
+                 ) -> tuple[Path, Path]:
+    """Write ``cohort.tsv``, ``excluded.tsv``, ``cohort.json`` (+ ``provenance.tsv``) atomically."""
     cohort_path = write_text(folder / "cohort.tsv", to_tsv(cohort))
     excluded_path = write_text(folder / "excluded.tsv", to_tsv(excluded))
+    if provenance is not None:
+        write_text(folder / "provenance.tsv", to_tsv(provenance))
     write_json(folder / "cohort.json", meta)
     return cohort_path, excluded_path
+
+
+def _source_counts(sources: Iterable[str]) -> dict[str, int]:
+    """``{"sessions.tsv acq_time": 12, "day offset": 30, "no date": 1}``."""
+    counts: dict[str, int] = {}
+    for source in sources:
+        key = DAY_OFFSET_SOURCE if source.startswith(DAY_OFFSET_SOURCE) else source.split(":")[0]
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
@@ -284,14 +336,18 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
                   "Seed": cfg.cohort.split_seed, "ValidationFold": cfg.cohort.val_fold,
                   "TestFold": cfg.cohort.test_fold},
         "Pairs": len(cohort), "Excluded": len(excluded),
-        "Sources": {f"sub-{p.sub}_ses-{p.ses}_{p.tracer}": p.centiloid_note for p in inv.pet},
+        "DateSources": _source_counts([*(m.date_source for m in inv.mri),
+                                       *(p.date_source for p in inv.pet)]),
+        "Provenance": "provenance.tsv: date and Centiloid source of every session and scan",
     }
+    provenance = provenance_table(inv)
     if not len(cohort):
         write_text(folder / "excluded.tsv", to_tsv(excluded))
+        write_text(folder / "provenance.tsv", to_tsv(provenance))
         raise NothingSelectedError(
             f"no MRI–PET pair passes the cohort rules ({len(excluded)} PET scans excluded; "
             f"reasons in {folder / 'excluded.tsv'})")
-    write_cohort(folder, cohort, excluded, meta)
+    write_cohort(folder, cohort, excluded, meta, provenance)
     return cohort, excluded, folder
 
 

@@ -352,6 +352,21 @@ def test_validation_rejects_invalid_dataset(tmp_path):
     assert inv.pet[0].tracer == "AV45"
 
 
+def test_validation_of_selected_subjects_only(tmp_path):
+    b = simple_dataset(tmp_path / "bids", n_subjects=2)
+    (b.root / "sub-02/ses-01/anat/sub-02_ses-01_T1w.json").write_text("{broken")
+    work = tmp_path / "work"
+    assert validate_bids(b.root, subjects=("01",), scratch=work) is not None
+    with pytest.raises(InvalidBIDSError):
+        validate_bids(b.root, subjects=("02",), scratch=work)
+    assert list(work.iterdir()) == []  # the symlink view is removed
+    inv = collect_inventory(options(b.root, tmp_path, skip_bids_validation=False,
+                                    participant_labels=("01",), work_dir=work), config())
+    assert [m.sub for m in inv.mri] == ["01"]
+    with pytest.raises(InvalidBIDSError):
+        collect_inventory(options(b.root, tmp_path, skip_bids_validation=False), config())
+
+
 def test_validator_found_next_to_python():
     from bids_amyloid.bids import validator_executable
 

@@ -261,6 +261,10 @@ def test_cohort_files_are_byte_identical(tmp_path, capsys):
     text = files[0].read_text()
     assert text.splitlines()[0].split("\t") == list(COHORT_COLUMNS)
     assert "\r" not in text and not list(files[0].parent.glob(".tmp-*"))
+    provenance = pd.read_csv(files[0].parent / "provenance.tsv", sep="\t")
+    assert set(provenance["modality"]) == {"MRI", "PET"} and len(provenance) == 8 * 3
+    assert set(provenance["date_source"].str.split(" ses-").str[0]) == {"day offset"}
+    assert provenance["date"].iloc[0] == "day 0"
     printed = capsys.readouterr().out
     assert "train" in printed and "positive_pct" in printed and "no_mri_within_window" in printed
 
