@@ -208,7 +208,12 @@ def to_tsv(frame: pd.DataFrame) -> str:
 
 
 def load_cohort(path: Path) -> pd.DataFrame:
-    """Read a ``cohort.tsv`` written by :func:`run_cohort_stage`, checking its columns."""
+    """Read a ``cohort.tsv`` written by :func:`run_cohort_stage`, checking its columns.
+
+    Sessions keep their ``ses-`` prefix; in a dataset without sessions the file
+    says ``n/a`` and the loaded value is ``""`` (as ``MRISession.ses``), so
+    stripping the prefix gives the right derivative paths.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputMissingError(f"cohort file {path} does not exist "
@@ -227,6 +232,8 @@ def load_cohort(path: Path) -> pd.DataFrame:
         frame = frame.astype({"centiloid": float, "label": int, "days_apart": int})
     except (TypeError, ValueError) as err:
         raise InputDataError(f"{path}: {err}") from err
+    for column in ("mri_session", "pet_session"):
+        frame[column] = frame[column].replace("n/a", "")
     leaked = frame.groupby("participant_id")["split"].nunique()
     if (leaked > 1).any():
         raise InputDataError(f"{path}: subjects in several splits: "

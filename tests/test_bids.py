@@ -388,3 +388,21 @@ def test_dataset_without_sessions(tmp_path):
     assert pet.centiloid == 25.0 and pet.date_source == "scans.tsv acq_time"
     ((_, m, reason),) = pair_pet_with_mri(inv, ("T1w",), 365)
     assert m is not None and "61 days" in reason
+
+
+def test_sessionless_cohort_round_trip(tmp_path):
+    from bids_amyloid.cohort import build_cohort, load_cohort, to_tsv
+
+    b = BidsBuilder(tmp_path / "bids")
+    for i in range(1, 11):
+        sub = f"{i:02d}"
+        b.anat(sub, None, "T1w")
+        b.pet(sub, None, "PIB")
+        b.scans(sub, None, [{"filename": f"anat/sub-{sub}_T1w.nii.gz", "acq_time": "2019-05-01"},
+                            {"filename": f"pet/sub-{sub}_trc-PIB_pet.nii.gz",
+                             "acq_time": "2019-05-02", "centiloid": 10.0 * i}])
+    cohort, _ = build_cohort(collect_inventory(options(b.root, tmp_path), config()), config())
+    assert set(cohort["mri_session"]) == {"n/a"}  # BIDS TSV convention in the file
+    (tmp_path / "cohort.tsv").write_text(to_tsv(cohort))
+    loaded = load_cohort(tmp_path / "cohort.tsv")
+    assert set(loaded["mri_session"]) == set(loaded["pet_session"]) == {""}
