@@ -1,8 +1,11 @@
 """Bad input files fail their own session with a clear message naming the file."""
+# ruff: noqa: F811  (pytest fixtures shared with test_participant are imported by name)
 
 from __future__ import annotations
 
 import gzip
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -11,6 +14,16 @@ import pytest
 
 from bids_amyloid.errors import InputDataError
 from bids_amyloid.preproc.checks import check_image, check_session_inputs
+from tests.test_participant import (  # noqa: F401
+    MRI_SESSIONS,
+    assert_clean,
+    bids,
+    fakes,
+    mri_files,
+    pet_files,
+    run,
+    sim_bids,
+)
 
 
 def _save(path: Path, data: np.ndarray, zooms: tuple[float, ...] = (1.0, 1.0, 1.0)) -> Path:
@@ -98,3 +111,78 @@ def test_absurd_geometry(tmp_path: Path) -> None:
     _expect(_save(tmp_path / "tiny_T1w.nii.gz", _head(), (0.01, 0.01, 0.01)), "T1w", "voxel size")
     _expect(_save(tmp_path / "huge_T1w.nii.gz", _head(), (1.0, 1.0, 25.0)), "T1w", "voxel size")
     _expect(_save(tmp_path / "thin_T1w.nii.gz", _head((12, 12, 3))), "T1w", "dimensions")
+
+
+# --------------------------------------------------------------------------- whole runs
+# (fast image-function fakes; the checks, inventory, pairing, commit and logs are real)
+
+MRI_T1W = "sub-002/ses-d0000/anat/sub-002_ses-d0000_T1w.nii.gz"
+PET_PIB = "sub-001/ses-d0101/pet/sub-001_ses-d0101_trc-PIB_pet.nii.gz"
+
+
+def _html(path: Path) -> None:
+    path.write_bytes(b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>")
+
+
+def _four_d(path: Path) -> None:
+    img = nib.load(path)
+    data = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image(np.stack([data, data], axis=-1), img.affine), path)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+
+
+def _all_zero(path: Path) -> None:
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.zeros(img.shape, np.float32), img.affine), path)
+
+
+@pytest.mark.parametrize(("target", "damage", "words"), [
+    (MRI_T1W, _html, "HTML page"),
+    (MRI_T1W, _four_d, "4D"),
+    (PET_PIB, _truncate, "truncated"),
+    (PET_PIB, _all_zero, "every voxel is zero"),
+])
+def test_bad_file_fails_its_session_only(fakes: None, bids: Path, tmp_path: Path,
+                                         caplog: pytest.LogCaptureFixture, target: str,
+                                         damage: Callable[[Path], None], words: str) -> None:
+    damage(bids / target)
+    out = tmp_path / "out"
+    assert run(bids, out) == 1
+    summary = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("FAILED" in line for line in summary)
+    if target == MRI_T1W:
+        log = out / "sub-002" / "log" / "ses-d0000.log"
+        failed = [out / "sub-002" / "ses-d0000", out / "sub-002" / "ses-d0143"]  # + its PET
+        pet_log = (out / "sub-002" / "log" / "ses-d0143_trc-AV45.log").read_text()
+        assert "its MRI session ses-d0000 failed" in pet_log
+        fine = [("001", "d0000"), ("002", "d0502")]
+    else:
+        log = out / "sub-001" / "log" / "ses-d0101_trc-PIB.log"
+        failed = [out / "sub-001" / "ses-d0101"]
+        fine = MRI_SESSIONS
+    text = log.read_text()
+    assert str(bids / target) in text and words in text
+    for folder in failed:
+        assert not folder.exists(), f"partial outputs in {folder}"
+    for sub, ses in fine:
+        assert all(p.is_file() for p in mri_files(out, sub, ses))
+    assert_clean(out, failed_jobs=True)
+    sub = target.split("/")[0]
+    assert "FAILED" in (out / f"{sub}.html").read_text()
+
+
+def test_pet_without_mri_and_mri_without_pet(fakes: None, bids: Path, tmp_path: Path) -> None:
+    shutil.rmtree(bids / "sub-001" / "ses-d0000")  # sub-001 keeps only its PET
+    out = tmp_path / "out"
+    assert run(bids, out) == 1
+    text = (out / "sub-001" / "log" / "ses-d0101_trc-PIB.log").read_text()
+    assert str(bids / PET_PIB) in text and "no usable MRI" in text
+    assert not (out / "sub-001" / "ses-d0101").exists()
+    # sub-002's second MRI session has no PET: preprocessed all the same
+    assert all(p.is_file() for p in mri_files(out, "002", "d0502"))
+    assert all(p.is_file() for p in pet_files(out, "002", "d0143", "AV45"))
+    assert "no usable MRI" in (out / "sub-001.html").read_text()
