@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 METHODS = ("gradient", "hirescam")
 N_FIGURE_SLICES = 5
+DISPLAY_SIGMA_PX = 2.0  # figures only; the NIfTI maps are not smoothed
+DISPLAY_FLOOR = 0.2  # overlay hidden below this fraction of the session's maximum
 
 
 @dataclass
@@ -170,21 +172,23 @@ def slice_geometry(preproc: PreprocConfig) -> np.ndarray:
     voxel coordinate as intensity) with the participant level's own slice
     code, then a least-squares fit on pixels away from padding and borders.
     """
+    from scipy import ndimage
+
     from bids_amyloid.preproc.slices import extract_mri_slices
     from bids_amyloid.preproc.template import load_template
 
     template = load_template(preproc)
     shape = template.shape[:3]
-    coords = []
-    for axis in (1, 2):
-        volume = nib.Nifti1Image(_coordinate_volume(shape, axis), template.affine)
-        slices, _ = extract_mri_slices(volume, preproc)
-        coords.append(np.asarray(slices[len(slices) // 2], dtype=np.float64) * 1000.0 - 1.0)
-    j, k = coords
+
+    def middle_slice(data: np.ndarray) -> np.ndarray:
+        slices, _ = extract_mri_slices(nib.Nifti1Image(data, template.affine), preproc)
+        return np.asarray(slices[len(slices) // 2], dtype=np.float64)
+
+    j, k = (middle_slice(_coordinate_volume(shape, axis)) * 1000.0 - 1.0 for axis in (1, 2))
+    # pixels not blended with padding or the border: a constant volume stays constant there
+    flat = middle_slice(np.full(shape, 0.5, np.float32))
+    inside = ndimage.binary_erosion(np.abs(flat - 0.5) < 1e-5, iterations=2)
     rows, cols = np.indices(j.shape)
-    inside = (j > 1) & (k > 1) & (j < shape[1] - 2) & (k < shape[2] - 2)
-    inside[:2] = inside[-2:] = False
-    inside[:, :2] = inside[:, -2:] = False
     design = np.column_stack([rows[inside], cols[inside], np.ones(int(inside.sum()))])
     solution, *_ = np.linalg.lstsq(design, np.column_stack([j[inside], k[inside]]), rcond=None)
     geometry = np.vstack([solution.T, [0.0, 0.0, 1.0]])
@@ -229,11 +233,16 @@ def to_template(maps: np.ndarray, indices: tuple[int, ...], preproc: PreprocConf
 
 
 def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> bytes:
-    """PNG: a few of the model's slices (rows: MRI, gradient, HiResCAM), superior up."""
+    """PNG: a few of the model's slices (rows: MRI, gradient, HiResCAM), superior up.
+
+    Each slice is shown on its template plane (anterior right, superior up);
+    the gradient map is smoothed and rescaled per slice for display.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from scipy import ndimage
 
     from bids_amyloid.preproc.template import load_template
 
@@ -248,9 +257,13 @@ def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> by
             ax = axes[r][col]
             ax.imshow(mri.T, cmap="gray", origin="lower", vmin=0, vmax=1)
             if name != "MRI":
-                sal_plane = plane_from_slice(sal.maps[name][row], geometry, (shape[1], shape[2]))
-                ax.imshow(np.ma.masked_less(sal_plane.T, 0.05), cmap="hot", origin="lower",
-                          vmin=0, vmax=1, alpha=0.6)
+                values = sal.maps[name][row]
+                if name == "gradient":  # pixel-wise gradients are speckled: smooth for display
+                    values = ndimage.gaussian_filter(values, DISPLAY_SIGMA_PX)
+                    values = values / max(float(values.max()), 1e-12)
+                sal_plane = plane_from_slice(values, geometry, (shape[1], shape[2]))
+                ax.imshow(np.ma.masked_less(sal_plane.T, DISPLAY_FLOOR), cmap="hot",
+                          origin="lower", vmin=0, vmax=1, alpha=0.6)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

@@ -287,3 +287,48 @@ def test_load_slices_picks_training_selection(tmp_path: Path) -> None:
                                atol=1e-3)
     short = load_slices(cache, 50)
     assert short.mask.sum() == 40 and not short.slices[40:].any(), "padding is zero and masked"
+
+
+def test_saliency_maps_on_the_template_grid(tmp_path: Path, model_file: Path) -> None:
+    import nibabel as nib
+
+    from bids_amyloid.preproc.template import load_template
+
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"02": ("T1w",)})
+    assert predict(bids, out, model_file, "--saliency") == 0
+    folder = out / "predict" / "student_T1w"
+    template = load_template(CFG.preproc)
+    used = load_slices(drv.mri_slice_cache(out, "02", "01", "T1w"), CFG.train.n_train_slices)
+    for method in ("gradient", "hirescam"):
+        path = folder / "sub-02" / "ses-01" / "anat" / (
+            f"sub-02_ses-01_space-MNI152NLin2009aSym_desc-{method}T1w_saliency.nii.gz")
+        img = nib.load(path)
+        assert img.shape == template.shape
+        np.testing.assert_allclose(img.affine, template.affine)
+        data = np.asarray(img.dataobj)
+        assert np.isfinite(data).all()
+        assert data.min() >= 0.0 and data.max() <= 1.0
+        planes = sorted(set(np.nonzero(data)[0].tolist()))
+        assert planes and set(planes) <= set(used.indices), "only the model's sagittal planes"
+        assert len(planes) > len(used.indices) // 2
+        assert data[planes].std() > 1e-3, f"{method} map is constant"
+    page = (folder / "sub-02.html").read_text()
+    assert "data:image/png;base64," in page and "sub-02" in page
+    assert "hirescamT1w_saliency.nii.gz" in page
+
+
+def test_slice_geometry_inverts_the_slice_extraction() -> None:
+    """A template plane → participant-level slice → back: the same image (interpolation aside)."""
+    from bids_amyloid.preproc.slices import extract_mri_slices
+    from bids_amyloid.preproc.template import load_template
+    from bids_amyloid.saliency import to_template
+
+    template = load_template(CFG.preproc)
+    slices, indices = extract_mri_slices(template, CFG.preproc)
+    back = to_template(slices[::8], tuple(indices[::8]), CFG.preproc).get_fdata()
+    original = np.asarray(template.dataobj, np.float32)
+    for i in indices[::8]:
+        brain = original[i] > 0.05
+        assert np.corrcoef(back[i][brain], original[i][brain])[0, 1] > 0.98
+        assert np.abs(back[i] - original[i])[brain].mean() < 0.02
