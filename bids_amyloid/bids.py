@@ -246,15 +246,17 @@ class Tables:
 
 def resolve_date(tables: Tables, sub: str, ses: str, path: Path) -> tuple[datetime.date | None, str]:
     """The acquisition date of ``path`` and where it came from (see module docstring)."""
-    scans = tables.scans_row(sub, ses, path)
-    date = parse_date(scans.get("acq_time"))
-    if date is not None:
-        return date, "scans.tsv acq_time"
     session = tables.session_row(sub, ses)
-    for column in ("acq_time", "examination_date"):
-        date = parse_date(session.get(column))
+    cells = [("scans.tsv", "acq_time", tables.scans_row(sub, ses, path).get("acq_time")),
+             ("sessions.tsv", "acq_time", session.get("acq_time")),
+             ("sessions.tsv", "examination_date", session.get("examination_date"))]
+    for table, column, cell in cells:
+        date = parse_date(cell)
         if date is not None:
-            return date, f"sessions.tsv {column}"
+            return date, f"{table} {column}"
+        if not is_missing(cell):
+            LOG.warning("sub-%s ses-%s: cannot read %s %s %r as a date; trying the next source",
+                        sub, ses, table, column, cell)
     days = day_offset(ses)
     if days is not None:
         return DAY_OFFSET_EPOCH + datetime.timedelta(days=days), f"{DAY_OFFSET_SOURCE} ses-{ses}"

@@ -163,6 +163,10 @@ def test_each_date_source_in_order_of_preference(tmp_path):
     b.sessions("05", [{"session_id": "ses-first", "source_session_id": "OAS30005_MR_d0077"}])
     # 06: nothing
     b.anat("06", "x", "T1w")
+    # 07: an unreadable scans.tsv acq_time falls through to sessions.tsv (with a warning)
+    b.anat("07", "a", "T1w")
+    b.scans("07", "a", [{"filename": "anat/sub-07_ses-a_T1w.nii.gz", "acq_time": "soon"}])
+    b.sessions("07", [{"session_id": "ses-a", "acq_time": "2018-08-08T08:08:08"}])
     inv = collect_inventory(options(b.root, tmp_path), config())
     got = {m.sub: (m.date, m.date_source) for m in inv.mri}
     epoch = DAY_OFFSET_EPOCH
@@ -173,6 +177,7 @@ def test_each_date_source_in_order_of_preference(tmp_path):
     assert got["05"] == (epoch + datetime.timedelta(days=77),
                          "day offset source_session_id OAS30005_MR_d0077")
     assert got["06"][0] is None and got["06"][1].startswith("no date")
+    assert got["07"] == (datetime.date(2018, 8, 8), "sessions.tsv acq_time")
 
 
 # ----------------------------------------------------------------- tracers
