@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bids_amyloid import __version__
+from bids_amyloid.centiloid import EQUATIONS
 from bids_amyloid.errors import (
     EXIT_SESSION_FAILED,
     EXIT_USAGE,
@@ -43,6 +44,15 @@ class NotAvailableError(AppError):
     exit_code = EXIT_SESSION_FAILED
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults only where there is one (not ``None``/``False``/empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], ()) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so ``main`` owns exit codes."""
 
@@ -54,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="bids-amyloid",
         description="Predict amyloid-beta PET positivity from MRI alone (BIDS App).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     p.add_argument("bids_dir", type=Path, help="the input BIDS dataset (never written)")
     p.add_argument("output_dir", type=Path, help="the BIDS-Derivatives output folder")
@@ -86,11 +96,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="MRI contrasts the (student) model uses (default T1w)")
     data.add_argument("--teacher-contrasts", nargs="+", choices=CONTRASTS,
                       help="MRI contrasts the teacher sees (default: --contrasts)")
-    data.add_argument("--centiloid-column", help="column holding Centiloid (default: auto)")
+    data.add_argument("--centiloid-column",
+                      help="column of scans.tsv/sessions.tsv/participants.tsv holding Centiloid "
+                           "(default: the first of centiloid, centiloids, "
+                           "Centiloid_fSUVR_rsf_TOT_CORTMEAN, … in any case); with "
+                           "--suvr-equation, the SUVR column")
     data.add_argument("--centiloid-threshold", type=float, help="positive if CL > this")
     data.add_argument("--tracer-thresholds", metavar="TRC=CL,…",
                       help="per-tracer thresholds, e.g. PIB=16.4,AV45=20.6")
-    data.add_argument("--suvr-equation", help="convert an SUVR column with this published equation")
+    data.add_argument("--suvr-equation", metavar="KEY[,KEY]",
+                      help="convert an SUVR column to Centiloid with published equations, one "
+                           f"per tracer: {', '.join(EQUATIONS)} (see bids_amyloid.centiloid)")
     data.add_argument("--pair-window-days", type=int, help="max MRI–PET distance (default 365)")
 
     pre = p.add_argument_group("participant level")
@@ -332,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except AppError as err:
         LOG.error("%s", err)
         return err.exit_code
+    except KeyboardInterrupt:
+        LOG.error("interrupted; finished outputs are kept, partial ones were never renamed")
+        return 130
 
 
 def run() -> None:
