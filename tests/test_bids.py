@@ -187,15 +187,18 @@ def test_each_date_source_in_order_of_preference(tmp_path):
     ("18FAV45", "AV45"), ("AV45", "AV45"), ("florbetapir", "AV45"), ("FBP", "AV45"),
     ("[18F]florbetapir", "AV45"), ("11CPIB", "PIB"), ("PiB", "PIB"), ("[11C]PiB", "PIB"),
     ("18FFBB", "FBB"), ("florbetaben", "FBB"), ("18FFMM", "FMM"), ("flutemetamol", "FMM"),
-    ("NAV4694", "NAV4694"), ("AZD4694", "NAV4694"),
+    ("NAV4694", "NAV4694"), ("AZD4694", "NAV4694"), ("florbetapir F 18", "AV45"),
+    ("F18-florbetapir", "AV45"), ("Flutemetamol (18F)", "FMM"), ("18F-AV-45", "AV45"),
+    ("Pittsburgh compound B", "PIB"), ("Amyvid", "AV45"), ("Vizamyl", "FMM"),
 ])
 def test_tracer_aliases(alias, code):
     assert normalise_tracer(alias) == code
 
 
-def test_unknown_tracer_raises():
+@pytest.mark.parametrize("name", ["18FFDG", "FDG", "AV1451", "flortaucipir", "18F", ""])
+def test_unknown_tracer_raises(name):
     with pytest.raises(ValueError, match="unknown amyloid tracer"):
-        normalise_tracer("18FFDG")
+        normalise_tracer(name)
 
 
 def test_tracer_sources_and_skips(tmp_path):
