@@ -89,7 +89,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import multiprocessing
+import os
+import shutil
 import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,32 +143,67 @@ SIZES = {
 PET_ORIENTATIONS = ("RAS", "LPS", "LAS")
 
 
-def simulate_cohort(out: Path, n_subjects: int, seed: int, size: str = "full") -> Path:
+def simulate_cohort(out: Path, n_subjects: int, seed: int, size: str = "full",
+                    nprocs: int = 1) -> Path:
     """Write a synthetic BIDS cohort of ``n_subjects`` to ``out`` (must be new or empty).
 
     Returns ``out``. ``size="small"`` uses coarser voxels and fewer sessions
     (a few seconds per subject) for tests; ``"full"`` is close to real scans.
+    The cohort is built in a temporary sibling folder and renamed to ``out`` when
+    complete, so a killed run leaves no half-written dataset under ``out``.
+    ``nprocs`` > 1 simulates subjects in parallel processes (same bytes).
     """
     out = Path(out)
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, not {size!r}")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: output folder exists and is not empty")
+    plans = plan_cohort(n_subjects, seed, size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        write_dataset_files(work, n_subjects, seed, size)
+        build_anatomy(SIZES[size].anatomy_mm)  # once, before any worker forks
+        tasks = [(work, size, plan, seed) for plan in plans]
+        if nprocs > 1 and len(plans) > 1:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(min(nprocs, len(plans)), mp_context=context) as pool:
+                results = list(pool.map(_simulate_subject, tasks))
+        else:
+            results = [_simulate_subject(task) for task in tasks]
+        participants = [participant for participant, _ in results]
+        parameters = [row for _, rows in results for row in rows]
+        write_tsv(work / "participants.tsv", pd.DataFrame(participants))
+        write_tsv(work / TRUTH_FOLDER / "parameters.tsv", pd.DataFrame(parameters))
+        _open_permissions(work)
+        if out.exists():
+            out.rmdir()
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work)
+    return out
+
+
+def _open_permissions(root: Path) -> None:
+    """Give the dataset the usual umask permissions (temporary files start private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    root.chmod(0o777 & ~umask)
+    for path in root.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _simulate_subject(task: tuple[Path, str, SubjectPlan, int],
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """All sessions of one subject; returns its participants.tsv and parameters.tsv rows."""
+    root, size, plan, seed = task
     spec = SIZES[size]
     anat = build_anatomy(spec.anatomy_mm)
-    plans = plan_cohort(n_subjects, seed, size)
-    write_dataset_files(out, n_subjects, seed, size)
-    participants, parameters = [], []
-    for plan in plans:
-        LOG.info("simulating sub-%s (%d sessions)", plan.label, len(plan.sessions))
-        rows = [_simulate_session(out, anat, spec, plan, ses, seed) for ses in plan.sessions]
-        parameters.extend(rows)
-        _write_sessions_tsv(out, plan, rows)
-        participants.append({"participant_id": f"sub-{plan.label}", "age": plan.age,
-                             "sex": plan.sex})
-    write_tsv(out / "participants.tsv", pd.DataFrame(participants))
-    write_tsv(out / TRUTH_FOLDER / "parameters.tsv", pd.DataFrame(parameters))
-    return out
+    LOG.info("simulating sub-%s (%d sessions)", plan.label, len(plan.sessions))
+    rows = [_simulate_session(root, anat, spec, plan, ses, seed) for ses in plan.sessions]
+    _write_sessions_tsv(root, plan, rows)
+    return {"participant_id": f"sub-{plan.label}", "age": plan.age, "sex": plan.sex}, rows
 
 
 def _write_sessions_tsv(out: Path, plan: SubjectPlan, rows: list[dict[str, Any]]) -> None:
@@ -306,6 +346,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed → same bytes)")
     p.add_argument("--size", choices=sorted(SIZES), default="full",
                    help="'full' ≈ real scans (1 mm MRI, 2 mm PET); 'small' for tests")
+    p.add_argument("--nprocs", type=int, default=1, help="subjects simulated in parallel")
     p.add_argument("-v", "--verbose", action="store_true", help="log each subject")
     return p
 
@@ -319,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bids-amyloid-simulate: --subjects must be ≥ 1", file=sys.stderr)
         return 64
     try:
-        root = simulate_cohort(args.out, args.subjects, args.seed, args.size)
+        root = simulate_cohort(args.out, args.subjects, args.seed, args.size, args.nprocs)
     except FileExistsError as err:
         print(f"bids-amyloid-simulate: {err}", file=sys.stderr)
         return 73

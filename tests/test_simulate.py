@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -173,11 +174,16 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(root.rglob("*")) if p.is_file()}
 
-    a = digest(simulate_cohort(tmp_path / "a", 1, seed=5, size="small"))
-    b = digest(simulate_cohort(tmp_path / "b", 1, seed=5, size="small"))
-    assert a == b and len(a) > 8
-    c = digest(simulate_cohort(tmp_path / "c", 1, seed=6, size="small"))
+    a = digest(simulate_cohort(tmp_path / "a", 2, seed=5, size="small"))
+    b = digest(simulate_cohort(tmp_path / "b", 2, seed=5, size="small", nprocs=2))
+    assert a == b and len(a) > 16
+    c = digest(simulate_cohort(tmp_path / "c", 2, seed=6, size="small"))
     assert a != c
+    assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (tmp_path / "a" / "participants.tsv").stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask, oct(mode)  # not the private mode of temporary files
 
 
 def test_mri_relates_weakly_to_amyloid() -> None:
