@@ -508,3 +508,15 @@ def test_model_file_records_config_and_identity(tmp_path):
     assert payload["config"]["cohort"]["contrasts"] == ["T1w", "T2w"]
     assert payload["backbone"]["name"] == "test_vit" and payload["lora_blocks"] == [3, 4, 5]
     assert {"bids-amyloid", "torch", "timm", "peft"} <= set(payload["versions"])
+
+
+def test_benchmark_script_runs(capsys):
+    import runpy
+
+    bench = runpy.run_path(str(Path(__file__).parents[1] / "benchmarks" / "models.py"))
+    bench["main"](["--backbones", "test_vit", "--roles", "student", "--batch", "1", "--slices", "2",
+                   "--iters", "1", "--warmup", "0"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [ln.split() for ln in lines if ln.startswith("test_vit")]
+    assert [r[2] for r in rows] == ["forward", "fwd+bwd"]
+    assert all(float(r[5]) > 0 and float(r[7]) > 0 for r in rows)  # slices/s, GFLOP/s
