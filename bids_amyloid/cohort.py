@@ -126,36 +126,52 @@ def _excluded_row(pet: PETScan, reasons: list[str], mri_ses: str | None) -> dict
     }
 
 
-def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig) -> list[str]:
-    """Split labels per row: StratifiedGroupKFold on subjects, stratified on ``label``."""
-    from sklearn.model_selection import StratifiedGroupKFold
+def _folds(labels: np.ndarray, subjects: np.ndarray, cfg: CohortConfig
+           ) -> tuple[list[np.ndarray], str]:
+    """Test indices of each fold, and the method that made them.
 
+    StratifiedGroupKFold as the protocol says; when it cannot work (every class
+    has fewer rows than folds: tiny demo cohorts) GroupKFold with the same seed,
+    not stratified, with a warning. Subjects never straddle folds either way.
+    """
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    x = np.zeros(len(labels))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True,
+                                            random_state=cfg.split_seed)
+            folds = [test for _, test in splitter.split(x, labels, groups=subjects)]
+            method = "StratifiedGroupKFold"
+        except ValueError as err:
+            counts = np.bincount(labels.astype(int), minlength=2)
+            LOG.warning("split: StratifiedGroupKFold impossible with %d negative and %d positive "
+                        "pairs (%s); using GroupKFold (subject-level, NOT stratified)",
+                        counts[0], counts[1], err)
+            plain = GroupKFold(n_splits=cfg.n_folds, shuffle=True, random_state=cfg.split_seed)
+            folds = [test for _, test in plain.split(x, labels, groups=subjects)]
+            method = "GroupKFold"
+    for warning in caught:
+        LOG.warning("split: %s", warning.message)
+    return folds, method
+
+
+def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig) -> tuple[list[str], str]:
+    """Split name per row (subject-level folds stratified on ``label``) and the method used."""
     subjects = cohort["participant_id"].to_numpy()
     n_subjects = len(set(subjects))
     if n_subjects < cfg.n_folds:
         raise NothingSelectedError(
             f"only {n_subjects} subjects pass the cohort rules; the {cfg.n_folds}-fold "
             "subject-level split needs at least that many")
-    splitter = StratifiedGroupKFold(n_splits=cfg.n_folds, shuffle=True,
-                                    random_state=cfg.split_seed)
-    labels = cohort["label"].to_numpy()
+    folds, method = _folds(cohort["label"].to_numpy(), subjects, cfg)
     split = ["train"] * len(cohort)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            folds = list(splitter.split(np.zeros(len(cohort)), labels, groups=subjects))
-        except ValueError as err:  # e.g. every class smaller than n_folds
-            counts = np.bincount(labels.astype(int), minlength=2)
-            raise NothingSelectedError(
-                f"cannot make the {cfg.n_folds}-fold split of {len(cohort)} pairs "
-                f"({counts[0]} negative, {counts[1]} positive): {err}") from err
-    for warning in caught:
-        LOG.warning("split: %s", warning.message)
-    for fold, (_, test_idx) in enumerate(folds):
+    for fold, test_idx in enumerate(folds):
         name = "val" if fold == cfg.val_fold else "test" if fold == cfg.test_fold else "train"
         for i in test_idx:
             split[i] = name
-    return split
+    return split, method
 
 
 def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | None = None
@@ -195,7 +211,7 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
                                 kind="stable").reset_index(drop=True)
     cohort = cohort.astype({"label": int, "days_apart": int, "centiloid": float})
     if len(cohort):
-        cohort["split"] = assign_splits(cohort, ccfg)
+        cohort["split"], cohort.attrs["split_method"] = assign_splits(cohort, ccfg)
     excl = pd.DataFrame(excluded, columns=list(EXCLUDED_COLUMNS))
     excl = excl.sort_values(["participant_id", "pet_session", "pet_file"],
                             kind="stable").reset_index(drop=True)
@@ -339,7 +355,8 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
         "TracerThresholds": {t: threshold_for(t, cfg.cohort)
                              for t in sorted({p.tracer for p in inv.pet})},
         "SUVREquation": cfg.cohort.suvr_equation,
-        "Split": {"Method": "StratifiedGroupKFold", "Folds": cfg.cohort.n_folds,
+        "Split": {"Method": cohort.attrs.get("split_method", "none"),
+                  "Folds": cfg.cohort.n_folds,
                   "Seed": cfg.cohort.split_seed, "ValidationFold": cfg.cohort.val_fold,
                   "TestFold": cfg.cohort.test_fold},
         "Pairs": len(cohort), "Excluded": len(excluded),

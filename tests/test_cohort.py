@@ -221,6 +221,18 @@ def test_split_is_the_protocols_stratified_group_kfold():
     assert list(cohort["split"]) == list(expected)
 
 
+def test_unstratifiable_cohort_falls_back_to_group_kfold(caplog):
+    inv = Inventory(tuple(mri(f"{i}", "m", 0) for i in range(7)),
+                    tuple(pet(f"{i}", "p", 0, cl=50.0 if i < 3 else 1.0) for i in range(7)))
+    cohort, _ = build_cohort(inv, AppConfig())  # 3 positives, 4 negatives: < 5 folds each
+    assert cohort.attrs["split_method"] == "GroupKFold"
+    assert "NOT stratified" in caplog.text
+    assert set(cohort["split"]) == {"train", "val", "test"}
+    assert (cohort.groupby("participant_id")["split"].nunique() == 1).all()
+    big, _ = build_cohort(_big_inventory(), AppConfig())
+    assert big.attrs["split_method"] == "StratifiedGroupKFold"
+
+
 def test_too_few_subjects_for_the_split():
     inv = Inventory(tuple(mri(s, "m", 0) for s in "123"), tuple(pet(s, "p", 0) for s in "123"))
     with pytest.raises(NothingSelectedError, match="3 subjects"):
@@ -304,3 +316,26 @@ def test_teacher_contrasts_make_a_modality_consistent_cohort(tmp_path, capsys):
     assert "sub-11" not in set(cohort["participant_id"]) and len(cohort) == 10
     assert _run(b.root, tmp_path / "out", run_name="t1only") == 0
     assert len(load_cohort(tmp_path / "out/group/t1only/cohort.tsv")) == 11
+
+
+@pytest.mark.slow
+def test_cohort_of_the_simulated_dataset(tmp_path, capsys):
+    """End to end on bids_amyloid.simulate's OASIS-like layout, with BIDS validation."""
+    simulate = pytest.importorskip("bids_amyloid.simulate")
+    root = simulate.simulate_cohort(tmp_path / "sim", n_subjects=6, seed=3, size="small")
+    from bids_amyloid.cli import main
+
+    assert main([str(root), str(tmp_path / "out"), "group", "--stage", "cohort", "-q"]) == 0
+    folder = tmp_path / "out/group/default"
+    cohort = load_cohort(folder / "cohort.tsv")
+    excluded = pd.read_csv(folder / "excluded.tsv", sep="\t")
+    provenance = pd.read_csv(folder / "provenance.tsv", sep="\t")
+    n_pet = int((provenance["modality"] == "PET").sum())
+    assert len(cohort) + len(excluded) == n_pet > 0
+    assert (cohort["days_apart"] <= 365).all()
+    assert set(excluded["reason"]) <= {"no_mri_within_window", "missing_contrast"}
+    assert (cohort["label"] == (cohort["centiloid"] > 20.6).astype(int)).all()
+    assert set(cohort["tracer"]) <= {"PIB", "AV45"}
+    assert (cohort.groupby("participant_id")["split"].nunique() == 1).all()
+    # PET and MRI are never on the same day in the simulator: pairs are across sessions
+    assert (cohort["mri_session"] != cohort["pet_session"]).all()
