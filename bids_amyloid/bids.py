@@ -569,10 +569,9 @@ def pet_tracer(bids_file: Any) -> tuple[str | None, str]:
         meta = {}
     if meta.get("TracerName"):
         names.append((str(meta["TracerName"]), "sidecar TracerName"))
+    declared = list(names)  # trc- and TracerName declare a tracer; acq- only may name one
     if ents.get("acquisition"):
         names.append((str(ents["acquisition"]), "acq- entity"))
-    if not names:
-        return None, "unknown_tracer: no trc- entity and no TracerName in the sidecar"
     for name, where in names:
         try:
             tracer = normalise_tracer(name)
@@ -583,7 +582,9 @@ def pet_tracer(bids_file: Any) -> tuple[str | None, str]:
             LOG.warning("%s: tracer %s from the %s, but also %s elsewhere; using %s",
                         bids_file.path, tracer, where, ", ".join(sorted(others)), tracer)
         return tracer, where
-    listed = ", ".join(f"{n!r} ({w})" for n, w in names)
+    if not declared:
+        return None, "unknown_tracer: no trc- entity and no TracerName in the sidecar"
+    listed = ", ".join(f"{n!r} ({w})" for n, w in declared)
     return None, f"not_amyloid_tracer: {listed} is not a known amyloid tracer"
 
 

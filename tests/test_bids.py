@@ -208,10 +208,11 @@ def test_tracer_sources_and_skips(tmp_path):
     b.pet("01", "1", None, acq="florbetaben", tracer_name="", run=2)  # OASIS-style acq- label
     b.pet("01", "1", "AV1451", tracer_name="flortaucipir", run=3)  # tau: not amyloid
     b.pet("01", "1", None, tracer_name="", run=4)  # nothing at all
+    b.pet("01", "1", None, acq="dynamic", tracer_name="", run=5)  # acq- names no tracer
     inv = collect_inventory(options(b.root, tmp_path), config())
     assert sorted(p.tracer for p in inv.pet) == ["FBB", "PIB"]
     reasons = sorted(s.reason.split(":")[0] for s in inv.skipped)
-    assert reasons == ["not_amyloid_tracer", "unknown_tracer"]
+    assert reasons == ["not_amyloid_tracer", "unknown_tracer", "unknown_tracer"]
 
 
 # ----------------------------------------------------------------- Centiloid
