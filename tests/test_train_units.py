@@ -268,7 +268,7 @@ def test_dataset_reads_mmapped_caches_and_pet_at_mri_indices(tmp_path):
     assert indices == sorted(indices) and len(indices) == 4
     pet_raw = np.load(ds.paths[0].pet)
     expected = pet_raw[[CANDIDATES.index(i) for i in indices]].astype(np.float32) / 2.0
-    assert np.allclose(item["pet"].numpy(), expected)
+    assert np.allclose(item["pet"].numpy(), expected, rtol=2e-3)
     assert all(isinstance(a, np.memmap) for a, _ in ds._maps.values())
     padded = SliceCacheDataset(usable, out, ("T1w",), n_slices=15)[0]
     assert padded["mri_mask"]["T1w"].sum() == 10 and not padded["mri_mask"]["T1w"][10:].any()

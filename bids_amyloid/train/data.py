@@ -84,8 +84,8 @@ def check_caches(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
 class SliceCacheDataset(Dataset):
     """MRI (every contrast) and PET slices of cohort rows, from memory-mapped caches.
 
-    Items are dicts: ``mri`` {contrast: float32 (S, H, W)}, ``mri_mask``
-    {contrast: bool (S,)}, ``pet`` float32 (S, H, W) scaled SUVR, ``pet_mask``,
+    Items are dicts: ``mri`` {contrast: float16 (S, H, W)}, ``mri_mask``
+    {contrast: bool (S,)}, ``pet`` float16 (S, H, W) scaled SUVR, ``pet_mask``,
     ``label``, ``centiloid``, ``index``. ``S = n_slices``; sessions with fewer
     kept slices are zero-padded and masked. PET uses the first contrast's indices.
     """
@@ -123,7 +123,7 @@ class SliceCacheDataset(Dataset):
 
     def _padded(self, array: np.ndarray, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = array.shape[1:]
-        out = np.zeros((self.n_slices, height, width), dtype=np.float32)
+        out = np.zeros((self.n_slices, height, width), dtype=np.float16)  # the caches' type
         if rows:
             out[: len(rows)] = array[np.asarray(rows)]
         mask = torch.zeros(self.n_slices, dtype=torch.bool)
