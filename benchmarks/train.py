@@ -139,13 +139,12 @@ def bench_phase(phase: str, cfg: AppConfig, data: dict[str, SliceCacheDataset], 
     out = {"samples_per_s": samples / seconds,
            "slices_per_s": samples * slices_per_sample(phase, cfg.train.n_train_slices) / seconds,
            "val_s_per_sample": val_seconds, "peak_gib": peak_memory_gib(device)}
+    raw = next(iter(make_loader(data["train"], batch)))
+    flops = step_flops(task, trainer, task.prepare(raw, 2, trainer._rngs(2)))
+    out["tflops_per_s"] = flops / batch * out["samples_per_s"] / 1e12
     if device.type == "cuda":
-        raw = next(iter(make_loader(data["train"], batch)))
-        rngs = trainer._rngs(2)
-        flops = step_flops(task, trainer, task.prepare(raw, 2, rngs))
         name = torch.cuda.get_device_name(device)
         peak = next((v for k, v in PEAK_TFLOPS.items() if k in name), float("nan"))
-        out["tflops_per_s"] = flops / batch * out["samples_per_s"] / 1e12
         out["mfu"] = out["tflops_per_s"] / peak
     return out
 
@@ -179,7 +178,7 @@ def main() -> None:
             print(f"{phase:12s} {section.batch_size:>5d}×{section.accumulation:<3d} "
                   f"{res['samples_per_s']:10.2f} {res['slices_per_s']:10.1f} "
                   f"{res['val_s_per_sample']:10.4f} {res['peak_gib']:9.2f} "
-                  f"{res.get('tflops_per_s', float('nan')):8.1f} {res.get('mfu', float('nan')):6.1%}")
+                  f"{res.get('tflops_per_s', float('nan')):8.3f} {res.get('mfu', float('nan')):6.1%}")
             per_epoch = (0.7 * args.cohort / res["samples_per_s"]
                          + 0.15 * args.cohort * res["val_s_per_sample"])
             projected += PAPER_EPOCHS[phase] * per_epoch
