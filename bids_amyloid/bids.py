@@ -423,7 +423,7 @@ def validate_bids(bids_dir: Path, timeout: float = 3600.0, subjects: tuple[str, 
 
 def _fingerprint(root: Path) -> str:
     """Hash of every file's relative path, size and mtime (cache key of the layout)."""
-    digest = hashlib.sha256(str(root.resolve()).encode())
+    digest = hashlib.sha256(f"{root.resolve()}\0index_metadata=False\n".encode())
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
@@ -451,7 +451,9 @@ def build_layout(bids_dir: Path, work_dir: Path | None, subjects: tuple[str, ...
     if subjects:
         keep = "|".join(re.escape(s) for s in subjects)
         ignore.append(re.compile(rf"^/sub-(?!({keep})(/|$))"))
-    indexer = bids.BIDSLayoutIndexer(validate=False, ignore=ignore)
+    # Sidecars are not indexed (3x faster on big datasets): the one field needed,
+    # TracerName, is read by sidecar_metadata() for PET files only.
+    indexer = bids.BIDSLayoutIndexer(validate=False, ignore=ignore, index_metadata=False)
     if subjects or work_dir is None:
         return bids.BIDSLayout(bids_dir, validate=False, indexer=indexer)
     cache = work_dir / "pybids" / _fingerprint(bids_dir)
@@ -557,16 +559,44 @@ def _mri_sessions(layout: Any, opts: RunOptions, tables: Tables) -> list[MRISess
     return sessions
 
 
-def pet_tracer(bids_file: Any) -> tuple[str | None, str]:
+def sidecar_metadata(path: Path, root: Path) -> dict[str, Any]:
+    """JSON metadata of ``path`` by the BIDS inheritance principle.
+
+    Every ``*_<suffix>.json`` from the file's folder up to ``root`` whose
+    entities are a subset of the file's applies; more specific ones (deeper,
+    then more entities) override less specific ones.
+    """
+    stem = path.name.split(".")[0]
+    *entities, suffix = stem.split("_")
+    chain: list[tuple[int, int, Path]] = []
+    folder, depth = path.parent, 0
+    while True:
+        for candidate in folder.glob(f"*{suffix}.json"):
+            *cand_entities, cand_suffix = candidate.name[: -len(".json")].split("_")
+            if cand_suffix == suffix and set(cand_entities) <= set(entities):
+                chain.append((-depth, len(cand_entities), candidate))
+        if folder == root or folder.parent == folder:
+            break
+        folder, depth = folder.parent, depth + 1
+    merged: dict[str, Any] = {}
+    for _, _, candidate in sorted(chain):
+        try:
+            data = json.loads(candidate.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            LOG.warning("%s: unreadable sidecar (%s); ignored", candidate, err)
+            continue
+        if isinstance(data, dict):
+            merged.update(data)
+    return merged
+
+
+def pet_tracer(bids_file: Any, root: Path) -> tuple[str | None, str]:
     """Canonical tracer of a PET file and where it came from, or (None, reason)."""
     ents = bids_file.get_entities()
     names = []
     if ents.get("tracer"):
         names.append((str(ents["tracer"]), "trc- entity"))
-    try:
-        meta = bids_file.get_metadata()
-    except (OSError, ValueError):
-        meta = {}
+    meta = sidecar_metadata(Path(bids_file.path), root)
     if meta.get("TracerName"):
         names.append((str(meta["TracerName"]), "sidecar TracerName"))
     declared = list(names)  # trc- and TracerName declare a tracer; acq- only may name one
@@ -602,7 +632,7 @@ def _pet_scans(layout: Any, opts: RunOptions, tables: Tables, source: CentiloidS
     skipped = []
     for f in _get(layout, "pet", opts):
         sub, ses = _labels(f)
-        tracer, where = pet_tracer(f)
+        tracer, where = pet_tracer(f, Path(opts.bids_dir))
         if tracer is None:
             skipped.append(SkippedScan(sub, ses, Path(f.path), where))
             LOG.info("skipping %s: %s", Path(f.path).name, where)

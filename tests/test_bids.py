@@ -415,3 +415,23 @@ def test_sessionless_cohort_round_trip(tmp_path):
     (tmp_path / "cohort.tsv").write_text(to_tsv(cohort))
     loaded = load_cohort(tmp_path / "cohort.tsv")
     assert set(loaded["mri_session"]) == set(loaded["pet_session"]) == {""}
+
+
+def test_tracer_from_inherited_sidecar(tmp_path):
+    from bids_amyloid.bids import sidecar_metadata
+
+    b = BidsBuilder(tmp_path / "bids")
+    b.anat("01", "1", "T1w")
+    own = b.pet("01", "1", None)
+    own_json = own.with_name(own.name.replace(".nii.gz", ".json"))
+    data = json.loads(own_json.read_text())
+    del data["TracerName"]  # its own sidecar names no tracer
+    own_json.write_text(json.dumps(data))
+    other = b.pet("02", "1", None, tracer_name="florbetaben")
+    (b.root / "pet.json").write_text(json.dumps({"TracerName": "PiB", "Units": "kBq/mL"}))
+    (b.root / "sub-01" / "sub-01_pet.json").write_text(json.dumps({"Units": "Bq/mL"}))
+    meta = sidecar_metadata(own, b.root)
+    assert meta["TracerName"] == "PiB" and meta["Units"] == "Bq/mL"  # nearest wins
+    assert sidecar_metadata(other, b.root)["TracerName"] == "florbetaben"
+    inv = collect_inventory(options(b.root, tmp_path), config())
+    assert {(p.sub, p.tracer) for p in inv.pet} == {("01", "PIB"), ("02", "FBB")}
