@@ -61,9 +61,10 @@ class PreprocConfig:
     hdbet_mode: str = "fast"  # fast: 1 network (fold 0) | accurate: 5 networks
     hdbet_tta_mirrors: str = "lr"  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
     registration_metric: str = "mattes"
-    registration_shrink: tuple[int, ...] = (4, 2, 1)
-    registration_smoothing: tuple[float, ...] = (2.0, 1.0, 0.0)  # voxels, one per shrink level
-    registration_iterations: tuple[int, ...] = (200, 100, 20)
+    registration_voxel_mm: float = 2.0  # the fixed image is resampled to this before registering
+    registration_shrink: tuple[int, ...] = (4, 2)  # shrink factors of that 2 mm grid, per level
+    registration_smoothing: tuple[float, ...] = (2.0, 1.0)  # voxels, one per shrink level
+    registration_iterations: tuple[int, ...] = (100, 30)
     registration_sampling: float = 0.25  # fraction of voxels sampled by the metric
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     gamma: float = 0.9
