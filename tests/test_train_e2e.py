@@ -131,7 +131,7 @@ def test_contrastive_stage_without_teacher_is_a_clear_error(finished):
                     reason="torchrun not installed")
 def test_torchrun_two_processes_gloo(tmp_path):
     out = tmp_path / "out"
-    bids, _ = synthetic_run(out, n_subjects=10)
+    bids, _ = synthetic_run(out, n_subjects=8)
     config = write_small_config(tmp_path / "small.toml")
     torchrun = Path(sys.executable).parent / "torchrun"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -142,3 +142,26 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = out / "group" / "default"
     assert (run / "metrics.tsv").is_file() and (run / "student_T1w.pt").is_file()
+
+
+def test_staged_runs_with_a_two_contrast_teacher(tmp_path):
+    out = tmp_path / "out"
+    bids, _ = synthetic_run(out, n_subjects=8, contrasts=("T1w", "T2w"), second_pet=())
+    config = write_small_config(tmp_path / "small.toml")
+    base = [str(bids), str(out), "group", "--config", str(config), "-q"]
+    run = out / "group" / "default"
+    assert cli.main([*base, "--stage", "pretrain", "--teacher-contrasts", "T1w", "T2w"]) == 0
+    assert (run / "teacher.pt").is_file() and not list(run.glob("student_*"))
+    # the paper's "T1w+T2w → T1w": teacher contrasts come from teacher.pt
+    assert cli.main([*base, "--stage", "distill", "--contrasts", "T1w"]) == 0
+    # a two-contrast student (contrast dropout in training), evaluated with both contrasts
+    assert cli.main([*base, "--stage", "distill", "--contrasts", "T1w", "T2w"]) == 0
+    from bids_amyloid.models import load_model
+
+    single, _, meta = load_model(run / "student_T1w.pt")
+    assert single.contrasts == ("T1w",) and meta["teacher_contrasts"] == ["T1w", "T2w"]
+    double, _, _ = load_model(run / "student_T1w+T2w.pt")
+    assert double.contrasts == ("T1w", "T2w")
+    log = pd.read_csv(run / "training.tsv", sep="\t")
+    assert set(log["phase"]) == {"pretrain", "distill"}
+    assert cli.main([*base, "--stage", "distill", "--teacher-contrasts", "T1w"]) == 64

@@ -210,6 +210,12 @@ def prepare_cohort(opts: RunOptions, cfg: AppConfig, folder: Path, dist: Dist) -
             raise InputMissingError(f"building the cohort failed (exit code {code}); see above")
     elif dist.rank == 0:
         LOG.info("using the existing %s (--overwrite rebuilds it)", path)
+        sidecar = folder / "cohort.json"
+        built_for = json.loads(sidecar.read_text()).get("Contrasts") if sidecar.is_file() else None
+        lacking = [c for c in cfg.cohort.contrasts if built_for is not None and c not in built_for]
+        if lacking:
+            raise UsageError(f"{path} was built for contrasts {', '.join(built_for)}, not "
+                             f"{', '.join(lacking)}: add --overwrite to rebuild the cohort")
     dist.barrier()
     from bids_amyloid.cohort import load_cohort
 
@@ -433,18 +439,24 @@ def _notes(run: Run) -> list[str]:
 
 
 # -- entry point ------------------------------------------------------------------------------
-def _teacher_contrasts(opts: RunOptions, cfg: AppConfig) -> tuple[str, ...]:
-    if opts.teacher is not None:
+def _teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], folder: Path
+                       ) -> tuple[str, ...]:
+    """The teacher's contrasts: those of the teacher file a stage starts from, else
+    ``--teacher-contrasts``, else the student's."""
+    source = opts.teacher
+    if source is None and "pretrain" not in phases and "no-pretrain" not in cfg.train.ablate:
+        source = folder / "teacher.pt"          # --stage contrastive / distill continue a run
+    if source is not None and source.is_file():
         from bids_amyloid.models import read_model_file
 
-        payload = read_model_file(opts.teacher)
+        payload = read_model_file(source)
         if payload["role"] != "teacher":
-            raise UsageError(f"--teacher {opts.teacher} holds a {payload['role']}, not a teacher")
-        found = list(payload["contrasts"])
-        if opts.teacher_contrasts and tuple(opts.teacher_contrasts) != tuple(found):
+            raise UsageError(f"{source} holds a {payload['role']}, not a teacher")
+        found = tuple(payload["contrasts"])
+        if opts.teacher_contrasts and tuple(opts.teacher_contrasts) != found:
             raise UsageError(f"--teacher-contrasts {' '.join(opts.teacher_contrasts)} differ from "
-                             f"the contrasts {' '.join(found)} of {opts.teacher}")
-        return tuple(found)
+                             f"the contrasts {' '.join(found)} of {source}")
+        return found
     return tuple(opts.teacher_contrasts) or tuple(cfg.cohort.contrasts)
 
 
@@ -467,7 +479,7 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
         folder = opts.output_dir / "group" / opts.run_name
         folder.mkdir(parents=True, exist_ok=True)
         student_c = tuple(cfg.cohort.contrasts)
-        teacher_c = _teacher_contrasts(opts, cfg)
+        teacher_c = _teacher_contrasts(opts, cfg, phases, folder)
         all_c = union(teacher_c, student_c)
         cfg_cohort = apply_overrides(cfg, {"cohort": {"contrasts": all_c}})
         if dist.rank == 0:
