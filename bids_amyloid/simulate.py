@@ -1,7 +1,10 @@
 """Synthetic amyloid PET + MRI cohort in BIDS, with known ground truth.
 
-``bids-amyloid-simulate OUT --subjects N --seed S [--size small|full]`` or
-:func:`simulate_cohort`. Same arguments → byte-identical files.
+``bids-amyloid-simulate OUT --subjects N --seed S [--size small|full] [--nprocs P]``
+or :func:`simulate_cohort`. Same arguments → byte-identical files (gzip with
+mtime 0, one random stream per subject and session, whatever ``--nprocs``).
+Cost on one core: ``small`` ≈ 3 s per subject, ``full`` ≈ 50 s per subject
+(100–200 MB per subject).
 
 How each property is generated
 ------------------------------
@@ -10,8 +13,10 @@ Anatomy (``sim/anatomy.py``)
     shipped offline), on a grid padded around the brain. CSF inside the brain
     is what the mask leaves after GM and WM. The template is brain-only, so the
     head is added: extra-axial CSF, inner bone table, diploic marrow, outer
-    table, scalp and scalp fat as shells at fixed distances outside the brain
-    mask, and a neck below it. Ventricles are the deep, central CSF. The
+    table, scalp and scalp fat as shells outside the brain mask (distances
+    scaled 0.7–1.45× over the head: thick occiput and vertex, thin temples), a
+    neck, a crude face and two eyeballs in orbital fat. Ventricles are the
+    deep, central CSF. The
     cerebellum and the Centiloid cortex target are the GAAIN ``voi_WhlCbl`` and
     ``voi_ctx`` VOIs read from the installed ``amypet`` package (located with
     ``importlib.util.find_spec``, never imported), resampled by affine.

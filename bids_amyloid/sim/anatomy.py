@@ -2,9 +2,10 @@
 
 The MNI152 2009 template that nilearn ships is brain-only, so the head is
 built around it: extra-axial CSF, the inner bone table, diploic marrow, the
-outer table, scalp muscle/skin and scalp fat are concentric shells at fixed
-distances (mm) outside the template brain mask, and a neck (an elliptic
-cylinder of muscle under a fat rim) closes the head below the brain. Inside the
+outer table, scalp muscle/skin and scalp fat are shells at set distances (mm)
+outside the template brain mask, scaled by a smooth thickness field; a neck (an
+elliptic cylinder of muscle under a fat rim), a crude face (half ellipsoid) and
+two eyeballs in orbital fat close the head below the brain. Inside the
 brain, grey and white matter come from nilearn's probability maps and CSF is
 what the brain mask leaves over. Ventricles are the deep, central CSF; the
 cerebellum is the GAAIN whole-cerebellum VOI and the Centiloid target region
