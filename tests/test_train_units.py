@@ -277,3 +277,13 @@ def test_dataset_reads_mmapped_caches_and_pet_at_mri_indices(tmp_path):
     usable2, missing2 = check_caches(cohort, out, ("T1w", "T2w"))
     assert len(missing2) == 1 and "T2w" in missing2["reason"].iloc[0]
     assert len(usable2) == len(cohort) - 1
+
+
+def test_selection_tie_break():
+    from bids_amyloid.train.loop import improved
+
+    assert improved(0.0, 0.6, None, None)
+    assert improved(0.0, 0.7, 0.0, 0.6)          # F1 flat, AUC better
+    assert not improved(0.0, 0.5, 0.0, 0.6)
+    assert improved(0.1, 0.1, 0.0, 0.9)          # primary score wins
+    assert not improved(float("nan"), float("nan"), 0.0, 0.5)

@@ -49,6 +49,7 @@ class Task(Protocol):
     patience: int
     accumulation: int
     selections: tuple[str, ...]  # validation keys to maximise; the first drives early stopping
+    tie_breaks: dict[str, str]   # selection key → validation key that breaks its ties
     scheduler_mode: str          # "step", "epoch", "plateau" or "none"
 
     def make_optimizer(self) -> torch.optim.Optimizer: ...
@@ -83,6 +84,7 @@ class LoopSettings:
 class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_score: dict[str, float] = field(default_factory=dict)
+    best_tie: dict[str, float] = field(default_factory=dict)
     best_epoch: dict[str, int] = field(default_factory=dict)
     stopped_early: bool = False
 
@@ -187,8 +189,24 @@ def _lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
     return {f"lr_{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(optimizer.param_groups)}
 
 
-def _improved(score: float, best: float | None) -> bool:
-    return math.isfinite(score) and (best is None or score > best + 1e-12)
+def _finite(value: Any) -> float:
+    value = float(value)
+    return value if math.isfinite(value) else -math.inf
+
+
+def improved(score: float, tie: float, best: float | None, best_tie: float | None) -> bool:
+    """``(score, tie)`` beats ``(best, best_tie)`` lexicographically (NaN counts as −∞).
+
+    The tie-break matters when the selection score is flat — e.g. F1@0.5 stays 0
+    while every probability is still below 0.5 but the ranking (AUC) improves.
+    """
+    score, tie = _finite(score), _finite(tie)
+    if best is None:
+        return math.isfinite(score) or math.isfinite(tie)
+    if score > best + 1e-12:
+        return True
+    return abs(score - best) <= 1e-12 and tie > _finite(best_tie if best_tie is not None
+                                                       else -math.inf) + 1e-12
 
 
 class Trainer:
@@ -222,6 +240,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
             "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "best_score": dict(self.result.best_score), "best_epoch": dict(self.result.best_epoch),
+            "best_tie": dict(self.result.best_tie),
             "bad_epochs": self.bad_epochs, "history": self.result.history,
         })
         write_text(self.ckpt_dir / "history.json", json.dumps(self.result.history, indent=1))
@@ -242,6 +261,7 @@ class Trainer:
         set_rng_state(ck["rng"])
         self.result.history = list(ck["history"])
         self.result.best_score = dict(ck["best_score"])
+        self.result.best_tie = dict(ck.get("best_tie", {}))
         self.result.best_epoch = {k: int(v) for k, v in ck["best_epoch"].items()}
         self.bad_epochs = int(ck["bad_epochs"])
         self.start_epoch = int(ck["epoch"]) + 1
@@ -316,10 +336,14 @@ class Trainer:
 
     # -- the phase ---------------------------------------------------------------------------
     def _select(self, epoch: int, val: dict[str, Any]) -> None:
+        ties = getattr(self.task, "tie_breaks", {})
         for i, key in enumerate(self.task.selections):
-            score = float(val[key])
-            if _improved(score, self.result.best_score.get(key)):
+            score = _finite(val[key])
+            tie = _finite(val[ties[key]]) if key in ties else -math.inf
+            if improved(score, tie, self.result.best_score.get(key),
+                        self.result.best_tie.get(key)):
                 self.result.best_score[key] = score
+                self.result.best_tie[key] = tie
                 self.result.best_epoch[key] = epoch
                 if self.writer:
                     save_checkpoint(self.ckpt_dir / f"best_{key}.pt",

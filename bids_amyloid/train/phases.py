@@ -13,6 +13,11 @@ pretrain   BCE                                  ``f1@0.5``
 contrastive triplet + BCE + norm + s·penalties  ``score`` = valid − 0.1·triplet + 0.5·F1@0.5
 distill    a·MarginFocal + b·feature KD + c·KD  ``f1@tau`` (early stop), ``cosine``
 ========== ==================================== =========================================
+
+Ties of a selection score are broken by validation AUC (an addition to the
+protocol: F1@0.5 is often flat at 0 for the first epochs, while every
+probability is still under 0.5, and without a tie-break the first epoch
+would win and early stopping would end the phase while the ranking improves).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -225,6 +230,7 @@ class _Phase:
     name = ""
     scheduler_mode = "none"
     selections: tuple[str, ...] = ()
+    tie_breaks: ClassVar[dict[str, str]] = {}
 
     def __init__(self, ctx: PhaseContext, model: nn.Module, net: nn.Module) -> None:
         self.ctx, self.model = ctx, model
@@ -246,6 +252,7 @@ class PretrainPhase(_Phase):
 
     name = "pretrain"
     selections = ("f1@0.5",)
+    tie_breaks: ClassVar[dict[str, str]] = {"f1@0.5": "auc"}
 
     def __init__(self, ctx: PhaseContext, teacher: nn.Module) -> None:
         super().__init__(ctx, teacher, PretrainNet(teacher, ctx.teacher_contrasts,
@@ -282,6 +289,7 @@ class ContrastivePhase(_Phase):
     name = "contrastive"
     scheduler_mode = "step"
     selections = ("score",)
+    tie_breaks: ClassVar[dict[str, str]] = {"score": "auc"}
 
     def __init__(self, ctx: PhaseContext, teacher: nn.Module) -> None:
         super().__init__(ctx, teacher, ContrastiveNet(teacher, ctx.teacher_contrasts, ctx.cfg))
@@ -366,6 +374,7 @@ class DistillPhase(_Phase):
     name = "distill"
     scheduler_mode = "plateau"
     selections = ("f1@tau", "cosine")
+    tie_breaks: ClassVar[dict[str, str]] = {"f1@tau": "auc"}
 
     def __init__(self, ctx: PhaseContext, student: nn.Module, teacher: nn.Module) -> None:
         super().__init__(ctx, student, DistillNet(student, teacher, ctx.teacher_contrasts, ctx.cfg))
