@@ -518,6 +518,11 @@ def commit(stage: Path, out: Path, outputs: list[Output]) -> None:
     Every staged file (figures included) is moved; ``outputs`` names the sidecars
     that mark completion, which are written only after all data files are in place.
     """
+    missing = [str(p.relative_to(stage)) for o in outputs for p in {o.path, o.sidecar}
+               if not p.is_file()]
+    if missing:
+        raise RuntimeError(f"nothing committed: outputs missing from the staging folder: "
+                           f"{', '.join(sorted(missing))}")
     staged = sorted(p for p in stage.rglob("*") if p.is_file())
     markers = {o.sidecar.relative_to(stage) for o in outputs}
     for rel in markers:

@@ -39,6 +39,8 @@ from bids_amyloid.io import write_text
 LOG = logging.getLogger(__name__)
 
 MASK_VOLUME_ML = (800.0, 2200.0)  # adult brain masks outside this range are flagged
+# correlation of the registered image with the template (MRI), of PET with its MRI (PET)
+SIMILARITY_KEYS = ("template_correlation", "registration_correlation", "registration_similarity")
 SUVR_RANGE = (0.5, 2.5)  # one colour scale for every PET so uptake compares across pages
 QC_SUFFIX = "_qc.json"
 _VIEWS = ("sagittal", "coronal", "axial")
@@ -279,10 +281,11 @@ def _summary_rows(records: list[dict[str, Any]], failures: list[Failure]) -> lis
 
 
 def _similarity(metrics: dict[str, Any]) -> Any:
-    for key, value in metrics.items():
-        if "similarity" in key:
-            return value
-    return ""
+    """The registration-quality number shown in the summary (first known key present)."""
+    for key in SIMILARITY_KEYS:
+        if key in metrics:
+            return metrics[key]
+    return next((v for k, v in metrics.items() if "similarity" in k or "correlation" in k), "")
 
 
 def _section(rec: dict[str, Any]) -> str:
