@@ -502,39 +502,46 @@ def check_filters(filters: dict[str, Any]) -> None:
             raise UsageError(f"--bids-filter-file: {key!r} must map to an object of entities")
 
 
-def _get(layout: Any, key: str, opts: RunOptions) -> list[Any]:
+def _get(layout: Any, key: str, opts: RunOptions) -> list[Path]:
     query = _query(key, opts.bids_filters)
     if opts.participant_labels:
         query["subject"] = list(opts.participant_labels)
     if opts.session_labels:
         query["session"] = list(opts.session_labels)
     try:
-        return list(layout.get(return_type="object", **query))
+        return [Path(p) for p in layout.get(return_type="filename", **query)]
     except (ValueError, TypeError) as err:
         raise UsageError(f"--bids-filter-file: pybids refused the {key!r} query: {err}") from err
 
 
-def _labels(bids_file: Any) -> tuple[str, str]:
-    ents = bids_file.get_entities()
-    return str(ents["subject"]), str(ents.get("session") or "")
+def name_entities(path: Path) -> dict[str, str]:
+    """``sub-01_ses-2_trc-AV45_pet.nii.gz`` → ``{"sub": "01", "ses": "2", "trc": "AV45"}``.
+
+    Parsed from the file name (pybids already matched it; asking its database
+    per file is far slower on large datasets).
+    """
+    stem = path.name.split(".")[0]
+    pairs = (part.split("-", 1) for part in stem.split("_")[:-1] if "-" in part)
+    return {key: value for key, value in pairs}
 
 
-def _run_key(bids_file: Any) -> tuple[int, str]:
-    run = bids_file.get_entities().get("run")
-    try:
-        number = int(run) if run is not None else 0
-    except (TypeError, ValueError):
-        number = 0
-    return number, Path(bids_file.path).name
+def _labels(path: Path) -> tuple[str, str]:
+    ents = name_entities(path)
+    return ents["sub"], ents.get("ses", "")
 
 
-def pick_run(files: list[Any], what: str) -> Any:
+def _run_key(path: Path) -> tuple[int, str]:
+    run = name_entities(path).get("run", "0")
+    return (int(run) if run.isdigit() else 0), path.name
+
+
+def pick_run(files: list[Path], what: str) -> Path:
     """The lowest ``run`` (then file name) of ``files``; logs the choice if several."""
     ordered = sorted(files, key=_run_key)
     if len(ordered) > 1:
         LOG.info("%s: %d candidates, using %s (lowest run, then name; others: %s) — "
-                 "narrow it with --bids-filter-file", what, len(ordered),
-                 Path(ordered[0].path).name, ", ".join(Path(f.path).name for f in ordered[1:]))
+                 "narrow it with --bids-filter-file", what, len(ordered), ordered[0].name,
+                 ", ".join(f.name for f in ordered[1:]))
     return ordered[0]
 
 
@@ -544,12 +551,12 @@ def pick_run(files: list[Any], what: str) -> Any:
 def _mri_sessions(layout: Any, opts: RunOptions, tables: Tables) -> list[MRISession]:
     chosen: dict[tuple[str, str], dict[str, Path]] = defaultdict(dict)
     for contrast in MRI_CONTRASTS:
-        groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Path]] = defaultdict(list)
         for f in _get(layout, QUERY_OF_CONTRAST[contrast], opts):
             groups[_labels(f)].append(f)
         for (sub, ses), files in groups.items():
             label = f"sub-{sub}" + (f" ses-{ses}" if ses else "") + f" {contrast}"
-            chosen[(sub, ses)][contrast] = Path(pick_run(files, label).path)
+            chosen[(sub, ses)][contrast] = pick_run(files, label)
     sessions = []
     for (sub, ses), images in sorted(chosen.items()):
         first = next(images[c] for c in MRI_CONTRASTS if c in images)
@@ -590,18 +597,18 @@ def sidecar_metadata(path: Path, root: Path) -> dict[str, Any]:
     return merged
 
 
-def pet_tracer(bids_file: Any, root: Path) -> tuple[str | None, str]:
+def pet_tracer(path: Path, root: Path) -> tuple[str | None, str]:
     """Canonical tracer of a PET file and where it came from, or (None, reason)."""
-    ents = bids_file.get_entities()
+    ents = name_entities(path)
     names = []
-    if ents.get("tracer"):
-        names.append((str(ents["tracer"]), "trc- entity"))
-    meta = sidecar_metadata(Path(bids_file.path), root)
+    if ents.get("trc"):
+        names.append((ents["trc"], "trc- entity"))
+    meta = sidecar_metadata(path, root)
     if meta.get("TracerName"):
         names.append((str(meta["TracerName"]), "sidecar TracerName"))
     declared = list(names)  # trc- and TracerName declare a tracer; acq- only may name one
-    if ents.get("acquisition"):
-        names.append((str(ents["acquisition"]), "acq- entity"))
+    if ents.get("acq"):
+        names.append((ents["acq"], "acq- entity"))
     for name, where in names:
         try:
             tracer = normalise_tracer(name)
@@ -610,7 +617,7 @@ def pet_tracer(bids_file: Any, root: Path) -> tuple[str | None, str]:
         others = {normalise_tracer(n) for n, _ in names if _known(n)} - {tracer}
         if others:
             LOG.warning("%s: tracer %s from the %s, but also %s elsewhere; using %s",
-                        bids_file.path, tracer, where, ", ".join(sorted(others)), tracer)
+                        path, tracer, where, ", ".join(sorted(others)), tracer)
         return tracer, where
     if not declared:
         return None, "unknown_tracer: no trc- entity and no TracerName in the sidecar"
@@ -628,14 +635,14 @@ def _known(name: str) -> bool:
 
 def _pet_scans(layout: Any, opts: RunOptions, tables: Tables, source: CentiloidSource
                ) -> tuple[list[PETScan], list[SkippedScan]]:
-    groups: dict[tuple[str, str, str], list[Any]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[Path]] = defaultdict(list)
     skipped = []
     for f in _get(layout, "pet", opts):
         sub, ses = _labels(f)
         tracer, where = pet_tracer(f, Path(opts.bids_dir))
         if tracer is None:
-            skipped.append(SkippedScan(sub, ses, Path(f.path), where))
-            LOG.info("skipping %s: %s", Path(f.path).name, where)
+            skipped.append(SkippedScan(sub, ses, f, where))
+            LOG.info("skipping %s: %s", f.name, where)
         else:
             groups[(sub, ses, tracer)].append(f)
     per_subject: dict[str, int] = defaultdict(int)
@@ -645,8 +652,7 @@ def _pet_scans(layout: Any, opts: RunOptions, tables: Tables, source: CentiloidS
         per_session[(sub, ses)] += 1
     scans = []
     for (sub, ses, tracer), files in sorted(groups.items()):
-        bids_file = pick_run(files, f"sub-{sub} ses-{ses} {tracer} PET")
-        path = Path(bids_file.path)
+        path = pick_run(files, f"sub-{sub} ses-{ses} {tracer} PET")
         date, date_source = resolve_date(tables, sub, ses, path)
         rows = [("scans.tsv", tables.scans_row(sub, ses, path))]
         if per_session[(sub, ses)] == 1:  # a session-level value belongs to this scan only
