@@ -245,6 +245,7 @@ def _simulate_session(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPla
         "tracer": ses.tracer, "centiloid": None, "cortical_suvr": None,
     }
     common = {"participant_id": row["participant_id"], "session_id": row["session_id"],
+              "acq_time": row["acq_time"],
               "age": row["age"], "latent_centiloid": row["latent_centiloid"],
               "cortical_thinning": thin, "ventricle_growth_mm": vent}
     if ses.kind == "mri":
@@ -327,7 +328,7 @@ def _write_pet(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPlan, ses:
     stem = f"sub-{plan.label}_ses-{ses.label}_trc-{tracer}_pet"
     path = out / f"sub-{plan.label}" / f"ses-{ses.label}" / "pet" / f"{stem}.nii.gz"
     write_nifti(path, data, affine, zooms_t=300.0)
-    write_json(path.with_name(f"{stem}.json"), pet_sidecar(tracer, spec.n_frames, injected))
+    write_json(path.with_name(f"{stem}.json"), pet_sidecar(tracer, spec.n_frames, injected, common["acq_time"][11:]))
     truth_json, truth_mask = truth_paths(out, path)
     mask = np.zeros(shape, dtype=np.uint8)
     mask[sample(anat.brain_float, anat.affine, pose, affine, shape) >= 0.5] = 1

@@ -72,8 +72,9 @@ def mri_sidecar(contrast: str, voxel: tuple[float, ...]) -> dict[str, Any]:
             "SliceThickness": round(float(voxel[2]), 3)}
 
 
-def pet_sidecar(tracer: str, n_frames: int, injected_scale: float) -> dict[str, Any]:
-    """A complete BIDS PET sidecar (required and recommended fields)."""
+def pet_sidecar(tracer: str, n_frames: int, injected_scale: float,
+                time_zero: str = "09:30:00") -> dict[str, Any]:
+    """A complete BIDS PET sidecar (required fields; times in s from the injection)."""
     info = TRACER_SIDECAR[tracer]
     start = int(info["ScanStart"])
     return {
@@ -85,7 +86,7 @@ def pet_sidecar(tracer: str, n_frames: int, injected_scale: float) -> dict[str, 
         "InjectedMass": "n/a", "InjectedMassUnits": "n/a",
         "SpecificRadioactivity": "n/a", "SpecificRadioactivityUnits": "n/a",
         "ModeOfAdministration": "bolus",
-        "TimeZero": "09:30:00", "InjectionStart": 0, "ScanStart": start,
+        "TimeZero": time_zero, "InjectionStart": 0, "ScanStart": start,
         "FrameTimesStart": [start + 300 * k for k in range(n_frames)],
         "FrameDuration": [300] * n_frames,
         "AcquisitionMode": "list mode", "ImageDecayCorrected": True,
