@@ -294,9 +294,9 @@ class Trainer:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         task, rngs = self.task, self._rngs(epoch)
-        sampler = getattr(self.loader, "sampler", None)
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        set_epoch = getattr(self.loader.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
         task.train_mode()
         clip = task.clip(epoch)
         n = len(self.loader)
@@ -312,9 +312,10 @@ class Trainer:
                 break
             batch = task.prepare(raw, epoch, rngs)
             closes = (i + 1) % task.accumulation == 0 or i == n - 1
-            sync = contextlib.nullcontext()
-            if self.s.world > 1 and not closes and hasattr(task.net, "no_sync"):
-                sync = task.net.no_sync()
+            sync: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+            no_sync = getattr(task.net, "no_sync", None)
+            if self.s.world > 1 and not closes and callable(no_sync):
+                sync = no_sync()   # DDP: reduce gradients only on the step that uses them
             with sync:
                 with self._autocast():
                     out = task.net(batch)

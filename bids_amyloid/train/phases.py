@@ -23,9 +23,9 @@ would win and early stopping would end the phase while the ranking improves).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,9 +37,12 @@ from bids_amyloid.config import AppConfig
 from bids_amyloid.train import losses, schedules
 from bids_amyloid.train.augment import augment_sample_images
 from bids_amyloid.train.data import SliceCacheDataset
-from bids_amyloid.train.loop import EpochRNG
+from bids_amyloid.train.loop import EpochRNG, autocast_dtype
 from bids_amyloid.train.metrics import auc, best_threshold, binary_metrics
 from bids_amyloid.train.mining import NegativePool
+
+if TYPE_CHECKING:
+    from bids_amyloid.models import Teacher
 
 LOG = logging.getLogger(__name__)
 VAL_MINING_SEED = 12345
@@ -114,7 +117,7 @@ def subset(batch: dict[str, Any], contrasts: tuple[str, ...]) -> tuple[dict, dic
     return ({c: batch["mri"][c] for c in contrasts}, {c: batch["mri_mask"][c] for c in contrasts})
 
 
-def _named_groups(model: nn.Module, spec: list[tuple[str, tuple[str, ...], float, float]]
+def _named_groups(model: Any, spec: Sequence[tuple[str, tuple[str, ...], float, float]]
                   ) -> list[dict[str, Any]]:
     """AdamW groups from ``model.param_groups()``: (name, keys, lr, weight decay)."""
     available = model.param_groups()
@@ -134,9 +137,11 @@ def collect(ctx: PhaseContext, forward: Callable[[dict[str, Any]], Any],
     """Run ``forward`` (returning logits (B,) and embeddings (B, D)) over ``loader``
     (default: the validation set), without augmentation."""
     logits, embeds, labels, index = [], [], [], []
+    dtype = autocast_dtype(ctx.device, ctx.cfg.train.amp)
     for raw in loader if loader is not None else ctx.val_loader:
         batch = prepare_images(raw, ctx, None)
-        logit, emb = forward(batch)
+        with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
+            logit, emb = forward(batch)
         logits.append(logit.float().cpu())
         embeds.append(emb.float().cpu())
         labels.append(batch["label"].cpu())
@@ -175,7 +180,7 @@ class PretrainNet(nn.Module):
 class ContrastiveNet(nn.Module):
     """Phase 2: anchor (PET query over MRI), positive/negative PET embeddings, their losses."""
 
-    def __init__(self, teacher: nn.Module, contrasts: tuple[str, ...], cfg: AppConfig) -> None:
+    def __init__(self, teacher: Teacher, contrasts: tuple[str, ...], cfg: AppConfig) -> None:
         super().__init__()
         self.teacher, self.contrasts, self.c = teacher, contrasts, cfg.contrastive
 
@@ -291,7 +296,7 @@ class ContrastivePhase(_Phase):
     selections = ("score",)
     tie_breaks: ClassVar[dict[str, str]] = {"score": "auc"}
 
-    def __init__(self, ctx: PhaseContext, teacher: nn.Module) -> None:
+    def __init__(self, ctx: PhaseContext, teacher: Teacher) -> None:
         super().__init__(ctx, teacher, ContrastiveNet(teacher, ctx.teacher_contrasts, ctx.cfg))
         c = ctx.cfg.contrastive
         self.max_epochs, self.patience, self.accumulation = c.max_epochs, c.patience, c.accumulation

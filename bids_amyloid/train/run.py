@@ -213,7 +213,7 @@ def prepare_cohort(opts: RunOptions, cfg: AppConfig, folder: Path, dist: Dist) -
         sidecar = folder / "cohort.json"
         built_for = json.loads(sidecar.read_text()).get("Contrasts") if sidecar.is_file() else None
         lacking = [c for c in cfg.cohort.contrasts if built_for is not None and c not in built_for]
-        if lacking:
+        if built_for is not None and lacking:
             raise UsageError(f"{path} was built for contrasts {', '.join(built_for)}, not "
                              f"{', '.join(lacking)}: add --overwrite to rebuild the cohort")
     dist.barrier()
@@ -290,7 +290,7 @@ def train_phase(run: Run, task: Any, batch_size: int) -> int:
     return load_best(task.model, ckpt, task.selections[0])
 
 
-def _build(kind: str, run: Run, contrasts: tuple[str, ...]) -> nn.Module:
+def _build(kind: str, run: Run, contrasts: tuple[str, ...]) -> Any:
     from bids_amyloid import models
 
     seed_all(run.cfg.train.seed + (0 if kind == "teacher" else 1))
@@ -298,7 +298,7 @@ def _build(kind: str, run: Run, contrasts: tuple[str, ...]) -> nn.Module:
     return build(run.cfg, contrasts).to(run.device)
 
 
-def _load(path: Path, run: Run) -> tuple[nn.Module, dict[str, Any]]:
+def _load(path: Path, run: Run) -> tuple[Any, dict[str, Any]]:
     from bids_amyloid.models import load_model
 
     model, _, meta = load_model(path, device=str(run.device),
@@ -306,7 +306,7 @@ def _load(path: Path, run: Run) -> tuple[nn.Module, dict[str, Any]]:
     return model.to(run.device), meta
 
 
-def _save(run: Run, path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+def _save(run: Run, path: Path, model: Any, meta: dict[str, Any]) -> None:
     if run.writer:
         from bids_amyloid.models import save_model
 
@@ -349,7 +349,7 @@ def val_tau(run: Run, model: nn.Module, role: str, contrasts: tuple[str, ...]) -
 def teacher_phases(run: Run, phases: list[str]) -> None:
     """Phases 1 and/or 2; writes ``teacher.pt``."""
     cfg, path = run.cfg, run.folder / "teacher.pt"
-    teacher: nn.Module | None = None
+    teacher: Any = None
     best: dict[str, int] = {}
     if "pretrain" in phases:
         teacher = _build("teacher", run, run.teacher_contrasts)
@@ -476,6 +476,8 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
         cfg.train.device == "auto" and torch.cuda.is_available())
     with deterministic(cfg.train.deterministic), _distributed(want_cuda) as dist:
         device = resolve_device(cfg.train.device, dist.local_rank)
+        if device.type == "cuda" and not cfg.train.deterministic:
+            torch.set_float32_matmul_precision("high")      # TF32 outside autocast
         folder = opts.output_dir / "group" / opts.run_name
         folder.mkdir(parents=True, exist_ok=True)
         student_c = tuple(cfg.cohort.contrasts)
