@@ -391,13 +391,19 @@ def validate_bids(bids_dir: Path, timeout: float = 3600.0, subjects: tuple[str, 
     cmd = [validator_executable(), "--format", "json", str(target)]
     LOG.info("validating %s%s with bids-validator-deno (skip with --skip-bids-validation)",
              bids_dir, f" (sub-{', sub-'.join(subjects)})" if view else "")
+    # deno caches compiled code under ~/.cache unless told otherwise: keep $HOME
+    # untouched (read-only under Apptainer) by giving it a folder of its own.
+    deno_dir = Path(tempfile.mkdtemp(prefix=".tmp-deno-", dir=scratch if view else None))
+    env = {**os.environ, "DENO_DIR": str(deno_dir), "DENO_NO_UPDATE_CHECK": "1"}
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=env)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise InvalidBIDSError(f"bids-validator-deno could not check {bids_dir}: {err}") from err
     finally:
         if view is not None:
             shutil.rmtree(view, ignore_errors=True)
+        shutil.rmtree(deno_dir, ignore_errors=True)
     try:
         issues = json.loads(done.stdout)["issues"]["issues"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:

@@ -376,6 +376,17 @@ def test_validation_of_selected_subjects_only(tmp_path):
         collect_inventory(options(b.root, tmp_path, skip_bids_validation=False), config())
 
 
+def test_validator_leaves_home_alone(tmp_path, monkeypatch):
+    b = simple_dataset(tmp_path / "bids", n_subjects=1)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.delenv("DENO_DIR", raising=False)
+    validate_bids(b.root)
+    assert list(home.iterdir()) == []
+
+
 def test_validator_found_next_to_python():
     from bids_amyloid.bids import validator_executable
 
