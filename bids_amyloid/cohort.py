@@ -108,6 +108,10 @@ def label_of(centiloid: float, threshold: float) -> int:
 def required_contrasts(*groups: tuple[str, ...]) -> tuple[str, ...]:
     """Union of contrast lists, in the canonical order (T1w, T2w, FLAIR, T2starw)."""
     wanted = {c for group in groups for c in group}
+    unknown = sorted(wanted - set(MRI_CONTRASTS))
+    if unknown:
+        raise UsageError(f"unknown MRI contrast(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(MRI_CONTRASTS)}")
     return tuple(c for c in MRI_CONTRASTS if c in wanted)
 
 
@@ -182,7 +186,7 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
     and teacher contrasts for a modality-consistent cohort.
     """
     ccfg = cfg.cohort
-    contrasts = contrasts or ccfg.contrasts
+    contrasts = required_contrasts(contrasts or ccfg.contrasts)
     rows: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
     for pet, mri, reason in pair_pet_with_mri(inv, contrasts, ccfg.pair_window_days):

@@ -29,7 +29,7 @@ from bids_amyloid.cohort import (
     to_tsv,
 )
 from bids_amyloid.config import AppConfig, CohortConfig, apply_overrides
-from bids_amyloid.errors import InputDataError, NothingSelectedError
+from bids_amyloid.errors import InputDataError, NothingSelectedError, UsageError
 from bids_amyloid.options import RunOptions
 from tests.bids_builders import BidsBuilder, simple_dataset
 
@@ -115,6 +115,8 @@ def test_pairing_needs_every_contrast():
 
 def test_required_contrasts_union_in_canonical_order():
     assert required_contrasts(("T1w",), ("FLAIR", "T1w", "T2w")) == ("T1w", "T2w", "FLAIR")
+    with pytest.raises(UsageError, match="T1"):
+        required_contrasts(("T1",))
 
 
 # ----------------------------------------------------------------- labels
