@@ -178,6 +178,19 @@ def assign_splits(cohort: pd.DataFrame, cfg: CohortConfig) -> tuple[list[str], s
     return split, method
 
 
+def check_cohort_config(ccfg: CohortConfig) -> None:
+    """UsageError for settings no cohort can be built with (checked before any work)."""
+    if ccfg.pair_window_days < 0:
+        raise UsageError(f"the pairing window must be ≥ 0 days, not {ccfg.pair_window_days}")
+    if ccfg.n_folds < 3 or not 0 <= ccfg.val_fold < ccfg.n_folds \
+            or not 0 <= ccfg.test_fold < ccfg.n_folds or ccfg.val_fold == ccfg.test_fold:
+        raise UsageError(f"cohort.val_fold ({ccfg.val_fold}) and test_fold ({ccfg.test_fold}) "
+                         f"must be different folds among 0..{ccfg.n_folds - 1} (n_folds ≥ 3)")
+    required_contrasts(ccfg.contrasts)
+    for tracer in ccfg.tracer_thresholds:
+        threshold_for(tracer, ccfg)
+
+
 def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | None = None
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cohort, excluded)`` data frames from an inventory.
@@ -187,6 +200,7 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
     """
     ccfg = cfg.cohort
     contrasts = required_contrasts(contrasts or ccfg.contrasts)
+    check_cohort_config(ccfg)
     rows: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
     for pet, mri, reason in pair_pet_with_mri(inv, contrasts, ccfg.pair_window_days):
@@ -348,6 +362,7 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
     (``excluded.tsv`` is written first so the reasons can be read).
     """
     contrasts = required_contrasts(cfg.cohort.contrasts, opts.teacher_contrasts)
+    check_cohort_config(cfg.cohort)
     inv = collect_inventory(opts, cfg)
     cohort, excluded = build_cohort(inv, cfg, contrasts)
     folder = cohort_dir(opts.output_dir, opts.run_name)

@@ -341,3 +341,20 @@ def test_cohort_of_the_simulated_dataset(tmp_path, capsys):
     assert (cohort.groupby("participant_id")["split"].nunique() == 1).all()
     # PET and MRI are never on the same day in the simulator: pairs are across sessions
     assert (cohort["mri_session"] != cohort["pet_session"]).all()
+
+
+@pytest.mark.parametrize("bad", [{"pair_window_days": -1}, {"val_fold": 1, "test_fold": 1},
+                                 {"test_fold": 7}, {"contrasts": ["T1"]},
+                                 {"tracer_thresholds": {"FDG": 1.0}}])
+def test_impossible_settings_fail_before_reading(tmp_path, bad):
+    from bids_amyloid.cohort import check_cohort_config
+
+    cfg = apply_overrides(AppConfig(), {"cohort": bad})
+    with pytest.raises(UsageError):
+        check_cohort_config(cfg.cohort)
+    opts = RunOptions(bids_dir=tmp_path / "nowhere", output_dir=tmp_path / "out",
+                      analysis_level="group")
+    from bids_amyloid.cohort import make_cohort
+
+    with pytest.raises(UsageError):  # not InputMissingError: checked before touching BIDS
+        make_cohort(opts, cfg)
