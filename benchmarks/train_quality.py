@@ -55,6 +55,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--bids", type=Path, help="the (simulated) BIDS dataset")
     p.add_argument("--simulate", type=int, metavar="N", help="simulate N subjects into --bids first")
     p.add_argument("--synthetic", type=int, metavar="N", help="synthetic caches for N subjects")
+    p.add_argument("--nuisance", type=float, default=0.06,
+                   help="--synthetic: label-independent MRI variation (sd; the signal is 0.08)")
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--config", type=Path, help="TOML for the group runs")
     p.add_argument("--epochs", type=int, nargs=3, metavar=("P1", "P2", "P3"),
@@ -79,7 +81,7 @@ def prepare_data(args: argparse.Namespace) -> Path:
         from train_fixtures import synthetic_run
 
         bids, _ = synthetic_run(args.out, n_subjects=args.synthetic, size=args.image_size,
-                                n_kept=36, run_name="baseline")
+                                n_kept=36, run_name="baseline", nuisance=args.nuisance)
         return bids
     if args.bids is None:
         raise SystemExit("--bids is needed unless --synthetic is given")

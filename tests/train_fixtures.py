@@ -50,13 +50,14 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.meshgrid(ax, ax, indexing="ij")
 
 
-def mri_slices(label: int, n: int, size: int, rng: np.random.Generator, contrast: str
-               ) -> np.ndarray:
-    """Head-like ellipses in [0, 1]; positives have a slightly larger dark centre."""
+def mri_slices(label: int, n: int, size: int, rng: np.random.Generator, contrast: str,
+               nuisance: float = 0.0) -> np.ndarray:
+    """Head-like ellipses in [0, 1]; positives have a slightly larger dark centre
+    (its radius also varies with sd ``nuisance`` regardless of the label)."""
     yy, xx = _grid(size)
     r = np.sqrt((yy / 0.85) ** 2 + (xx / 0.7) ** 2)
     base = np.clip(1.2 - r, 0, 1) * (0.8 if contrast == "T1w" else 0.6)
-    hole = 0.18 + 0.08 * label
+    hole = 0.18 + 0.08 * label + (rng.normal(0, nuisance) if nuisance else 0.0)
     base = np.where(r < hole, 0.1, base)
     out = np.stack([base * (0.9 + 0.1 * np.cos(k / n * np.pi)) for k in range(n)])
     return np.clip(out + rng.normal(0, 0.03, out.shape), 0, 1).astype(np.float32)
@@ -74,12 +75,15 @@ def pet_slices(centiloid: float, n: int, size: int, rng: np.random.Generator) ->
 
 def synthetic_run(out: Path, n_subjects: int = 15, contrasts: tuple[str, ...] = ("T1w",),
                   size: int = 32, n_kept: int = 12, seed: int = 0, run_name: str = "default",
-                  second_pet: tuple[int, ...] = (2, 3)) -> tuple[Path, pd.DataFrame]:
+                  second_pet: tuple[int, ...] = (2, 3), nuisance: float = 0.0
+                  ) -> tuple[Path, pd.DataFrame]:
     """Write caches + ``cohort.tsv`` under ``out``; return ``(bids_dir, cohort)``.
 
     Subject ``i``: positive when ``i`` is even; split val when ``i % 5 == 0``,
     test when ``i % 5 == 1``, train otherwise. Subjects in ``second_pet`` get a
-    second PET (another tracer) paired with the same MRI session.
+    second PET (another tracer) paired with the same MRI session. ``nuisance``
+    blurs the MRI signal (sd of the label-independent "ventricle" radius; 0.08
+    separates the classes), so an MRI-only student has a harder task.
     """
     rng = np.random.default_rng(seed)
     bids = out.parent / f"{out.name}_bids"
@@ -95,7 +99,7 @@ def synthetic_run(out: Path, n_subjects: int = 15, contrasts: tuple[str, ...] = 
         for c in contrasts:
             derivatives.write_slice_cache(
                 derivatives.mri_slice_cache(out, sub, "01", c),
-                mri_slices(label, len(kept), size, rng, c), kept, {"Contrast": c})
+                mri_slices(label, len(kept), size, rng, c, nuisance), kept, {"Contrast": c})
         pets = [("02", "AV45")] + ([("03", "PIB")] if i in second_pet else [])
         for pet_ses, tracer in pets:
             cl = float(rng.uniform(40, 100) if label else rng.uniform(-10, 12))

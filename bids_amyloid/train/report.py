@@ -137,7 +137,8 @@ def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> bytes | None:
         frame = pd.DataFrame([{a: b for a, b in r.items() if not a.startswith("_")}
                               for r in histories[phase]])
         top = fig.add_subplot(2, len(phases), k + 1)
-        for col in [c for c in frame.columns if c.startswith("train_") and c != "train_samples"]:
+        for col in [c for c in frame.columns
+                    if c.startswith("train_") and c not in ("train_samples", "train_valid")]:
             top.plot(frame["epoch"], frame[col], marker=".", label=col[6:])
         top.set_title(f"{phase}: training losses")
         top.legend(fontsize=7)
