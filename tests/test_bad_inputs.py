@@ -173,6 +173,10 @@ def test_bad_file_fails_its_session_only(fakes: None, bids: Path, tmp_path: Path
     assert_clean(out, failed_jobs=True)
     sub = target.split("/")[0]
     assert "FAILED" in (out / f"{sub}.html").read_text()
+    # a re-run fails the same way without redoing the good MRI sessions
+    before = {p: p.stat().st_mtime_ns for s, e in fine for p in mri_files(out, s, e)}
+    assert run(bids, out) == 1
+    assert {p: p.stat().st_mtime_ns for p in before} == before
 
 
 def test_pet_without_mri_and_mri_without_pet(fakes: None, bids: Path, tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ import nibabel as nib
 
 from bids_amyloid import derivatives as drv
 from bids_amyloid.config import MRI_CONTRASTS, TEMPLATE_SPACE, AppConfig, config_to_dict
-from bids_amyloid.errors import EXIT_OK, EXIT_SESSION_FAILED
+from bids_amyloid.errors import EXIT_OK, EXIT_SESSION_FAILED, InputDataError
 from bids_amyloid.io import atomic_path, remove_stale_temporaries, write_json, write_text
 from bids_amyloid.options import RunOptions
 
@@ -286,33 +286,56 @@ def job_finished(ctx: RunContext, job: SessionJob) -> bool:
 def run_job(job: SessionJob, ctx: RunContext) -> list[UnitResult]:
     """Run one MRI session, then its PET scans; a bad session is a result, not an exception.
 
-    The whole job is redone when any of its units is not finished: PET is
-    registered through the MRI result computed in this same job, so MRI and
-    PET outputs always agree.
+    PET files are checked first: a bad one fails at once. When the MRI and
+    every remaining PET are finished, nothing else runs (a permanently bad PET
+    does not make each re-run redo its MRI). Otherwise the MRI and all remaining
+    PET are redone together: PET is registered through the MRI result computed
+    in this same job, so MRI and PET outputs always agree.
     """
+    results, pets = _precheck_pets(job, ctx)
+    job = replace(job, pets=tuple(pets))
+    if job_finished(ctx, job):
+        LOG.info("sub-%s %s: up to date apart from unusable PET", job.sub, unit_tag(job.ses))
+        return results
     work = ctx.work / f"sub-{job.sub}_{unit_tag(job.ses)}"
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    results: list[UnitResult] = []
     mri_res: dict[str, Any] | None = None
     steps: Steps | None = None
     log = drv.log_path(ctx.out, job.sub, unit_tag(job.ses))
     with _unit(job.sub, job.ses, None, log, work / "mri.log") as box:
         steps = load_steps()
         mri_res = _mri_unit(job, ctx, steps, work)
-    results.append(box.result)
+    results.append(mri_result := box.result)
     for pet in job.pets:
         log = drv.log_path(ctx.out, job.sub, unit_tag(pet.ses, pet.tracer))
         scratch = work / f"pet-{pet.ses}-{pet.tracer}.log"
         with _unit(job.sub, pet.ses, pet.tracer, log, scratch) as box:
             if mri_res is None or steps is None:
-                raise RuntimeError(f"its MRI session {unit_tag(job.ses)} failed: {results[0].error}")
+                raise RuntimeError(f"its MRI session {unit_tag(job.ses)} failed: {mri_result.error}")
             _pet_unit(job, pet, mri_res, ctx, steps, work)
         results.append(box.result)
     if all(r.error is None for r in results):
         shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def _precheck_pets(job: SessionJob, ctx: RunContext) -> tuple[list[UnitResult], list[PetJob]]:
+    """Fail PET scans whose file is unusable (fast checks); return failures and the rest."""
+    from bids_amyloid.preproc.checks import check_image
+
+    failures, good = [], []
+    for pet in job.pets:
+        try:
+            check_image(pet.path, "pet")
+        except InputDataError as err:
+            LOG.error("sub-%s %s: FAILED: %s", job.sub, unit_tag(pet.ses, pet.tracer, " "), err)
+            log = _write_failure_log(ctx.out, job.sub, unit_tag(pet.ses, pet.tracer), str(err))
+            failures.append(UnitResult(job.sub, pet.ses, pet.tracer, str(err), 0.0, log))
+        else:
+            good.append(pet)
+    return failures, good
 
 
 class _Box:
@@ -366,9 +389,6 @@ def _mri_unit(job: SessionJob, ctx: RunContext, steps: Steps, work: Path) -> dic
 
 def _pet_unit(job: SessionJob, pet: PetJob, mri_res: dict[str, Any], ctx: RunContext,
               steps: Steps, work: Path) -> None:
-    from bids_amyloid.preproc.checks import check_image
-
-    check_image(pet.path, "pet")
     pet_work = work / f"pet-{pet.ses}-{pet.tracer}"
     result = steps.preprocess_pet(pet.path, mri_res[PET_CONTRAST], ctx.cfg.preproc, pet_work,
                                   threads=ctx.threads)

@@ -181,7 +181,8 @@ def registration_figure(image: nib.Nifti1Image, template: nib.Nifti1Image, title
     if tpl.shape != data.shape:
         raise ValueError(f"template {tpl.shape} and image {data.shape} grids differ")
     inside = tpl[tpl > 0]
-    levels = np.percentile(inside, (15, 65)).tolist() if inside.size else [0.5]
+    # the template's outline and its white-matter boundary
+    levels = [0.05 * float(inside.max()), float(np.percentile(inside, 60))] if inside.size else [0.5]
 
     def paint(rgb: np.ndarray, panels: _Panels, view: str, pos: tuple[int, int, int]) -> None:
         cut = panels.cut(tpl, view, pos)
