@@ -287,3 +287,22 @@ def test_selection_tie_break():
     assert not improved(0.0, 0.5, 0.0, 0.6)
     assert improved(0.1, 0.1, 0.0, 0.9)          # primary score wins
     assert not improved(float("nan"), float("nan"), 0.0, 0.5)
+
+
+def test_plan_and_teacher_settings_checks(tmp_path):
+    from bids_amyloid.config import AppConfig
+    from bids_amyloid.errors import UsageError
+    from bids_amyloid.train.run import _check_teacher_config, plan_phases, student_file
+
+    assert plan_phases("all", (), False) == ["pretrain", "contrastive", "distill"]
+    assert plan_phases("all", ("no-triplet",), False) == ["pretrain", "distill"]
+    assert plan_phases("all", (), True) == ["distill"]
+    with pytest.raises(UsageError):
+        plan_phases("pretrain", (), True)
+    with pytest.raises(UsageError):
+        plan_phases("pretrain", ("no-pretrain",), False)
+    assert student_file(("T1w", "T2w"), "best-cosine") == "student_T1w+T2w_best-cosine.pt"
+    cfg = AppConfig()
+    _check_teacher_config(tmp_path, {"model": {"backbone": "biomedclip", "image_size": 224}}, cfg)
+    with pytest.raises(UsageError, match="image_size"):
+        _check_teacher_config(tmp_path, {"model": {"image_size": 32}}, cfg)

@@ -439,6 +439,18 @@ def _notes(run: Run) -> list[str]:
 
 
 # -- entry point ------------------------------------------------------------------------------
+def _check_teacher_config(source: Path, saved: dict[str, Any], cfg: AppConfig) -> None:
+    """The student and its data must match the teacher: backbone, image size, PET scaling."""
+    pairs = {("model", "backbone"): cfg.model.backbone, ("model", "image_size"): cfg.model.image_size,
+             ("train", "pet_scale"): cfg.train.pet_scale}
+    wrong = [f"{sec}.{key} = {saved.get(sec, {}).get(key)!r} there, {ours!r} here"
+             for (sec, key), ours in pairs.items()
+             if sec in saved and key in saved[sec] and saved[sec][key] != ours]
+    if wrong:
+        raise UsageError(f"the teacher {source} was trained with other settings ({'; '.join(wrong)}"
+                         "): use the same values (--backbone, or --config)")
+
+
 def _teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], folder: Path
                        ) -> tuple[str, ...]:
     """The teacher's contrasts: those of the teacher file a stage starts from, else
@@ -453,6 +465,7 @@ def _teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], fold
         if payload["role"] != "teacher":
             raise UsageError(f"{source} holds a {payload['role']}, not a teacher")
         found = tuple(payload["contrasts"])
+        _check_teacher_config(source, payload.get("config", {}), cfg)
         if opts.teacher_contrasts and tuple(opts.teacher_contrasts) != found:
             raise UsageError(f"--teacher-contrasts {' '.join(opts.teacher_contrasts)} differ from "
                              f"the contrasts {' '.join(found)} of {source}")
