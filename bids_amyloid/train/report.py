@@ -181,6 +181,7 @@ def cohort_summary(cohort: pd.DataFrame) -> pd.DataFrame:
 def metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
     """The columns a reader looks at first."""
     out = metrics[["model", "split", "n", "n_positive"]].copy()
+    out[["n", "n_positive"]] = out[["n", "n_positive"]].astype(int)
     out["AUC [95% CI]"] = [f"{a:.3f} [{lo:.3f}–{hi:.3f}]" for a, lo, hi in
                            zip(metrics["auc"], metrics["auc_ci_low"], metrics["auc_ci_high"],
                                strict=True)]
