@@ -297,7 +297,16 @@ def test_run_mri_sessions_for_predict(fakes: None, bids: Path, tmp_path: Path) -
 
 def test_report_flags_and_failures(tmp_path: Path) -> None:
     assert flag_metrics({"mask_volume_ml": 3100.0})
-    assert not flag_metrics({"mask_volume_ml": 1300.0})
+    assert flag_metrics({"template_mask_dice": 0.6})
+    assert not flag_metrics({"mask_volume_ml": 1300.0, "template_mask_dice": 0.88})
+    tpl = participant_fakes.template()
+    brain = np.asarray(tpl.dataobj) > 0.05 * float(np.asarray(tpl.dataobj).max())
+    good = pipeline.nib.Nifti1Image(brain.astype(np.uint8), tpl.affine)
+    half = brain.copy()
+    half[: brain.shape[0] // 2] = False  # a strip that lost a hemisphere
+    assert pipeline.template_dice(good, tpl) == pytest.approx(1.0)
+    assert pipeline.template_dice(pipeline.nib.Nifti1Image(half.astype(np.uint8), tpl.affine),
+                                  tpl) < 0.75
     page = build_report("01", [], [Failure("ses-01", "sub-01_T1w.nii.gz: file is empty", "x.log")])
     assert "FAILED" in page and "sub-01_T1w.nii.gz: file is empty" in page
 

@@ -39,6 +39,7 @@ from bids_amyloid.io import write_text
 LOG = logging.getLogger(__name__)
 
 MASK_VOLUME_ML = (800.0, 2200.0)  # adult brain masks outside this range are flagged
+TEMPLATE_DICE_MIN = 0.75  # brain mask vs template brain; ~0.85–0.9 after a good strip
 # correlation of the registered image with the template (MRI), of PET with its MRI (PET)
 SIMILARITY_KEYS = ("template_correlation", "registration_correlation", "registration_similarity")
 SUVR_RANGE = (0.5, 2.5)  # one colour scale for every PET so uptake compares across pages
@@ -222,6 +223,10 @@ def flag_metrics(metrics: dict[str, float]) -> list[str]:
     if volume is not None and not MASK_VOLUME_ML[0] <= volume <= MASK_VOLUME_ML[1]:
         flags.append(f"brain mask {volume:.0f} ml is outside {MASK_VOLUME_ML[0]:.0f}–"
                      f"{MASK_VOLUME_ML[1]:.0f} ml: check the skull strip")
+    dice = metrics.get("template_mask_dice")
+    if dice is not None and dice < TEMPLATE_DICE_MIN:
+        flags.append(f"brain mask overlaps the template's brain poorly (Dice {dice:.2f} < "
+                     f"{TEMPLATE_DICE_MIN}): check the skull strip and the registration")
     for key, value in metrics.items():
         if isinstance(value, float) and not np.isfinite(value):
             flags.append(f"{key} is {value}")
@@ -273,11 +278,13 @@ def _summary_rows(records: list[dict[str, Any]], failures: list[Failure]) -> lis
             rows.append(
                 f'<tr><td class="l">{_fmt(rec.get("Unit", ""))}</td><td class="l">{_fmt(label)}</td>'
                 f"<td>{_fmt(metrics.get('mask_volume_ml', ''))}</td>"
+                f"<td>{_fmt(metrics.get('template_mask_dice', ''))}</td>"
                 f"<td>{_fmt(_similarity(metrics))}</td>"
                 f"<td>{_fmt(metrics.get('reference_mean', ''))}</td>{status}</tr>")
     for fail in failures:
         rows.append(f'<tr class="bad"><td class="l">{_fmt(fail.unit)}</td><td class="l">—</td>'
-                    f'<td></td><td></td><td></td><td class="l">FAILED: {_fmt(fail.reason)}</td></tr>')
+                    f'<td></td><td></td><td></td><td></td>'
+                    f'<td class="l">FAILED: {_fmt(fail.reason)}</td></tr>')
     return rows
 
 
@@ -314,7 +321,7 @@ def build_report(sub: str, records: list[dict[str, Any]], failures: Iterable[Fai
     """The HTML text of one subject's page (no external resources)."""
     failures = list(failures)
     head = ('<tr><th class="l">session / scan</th><th class="l">image</th><th>mask volume (ml)</th>'
-            '<th>registration similarity</th><th>SUVR reference mean</th><th class="l">status</th></tr>')
+            '<th>mask Dice vs template</th><th>registration similarity</th><th>SUVR reference mean</th><th class="l">status</th></tr>')
     body = [f"<h1>sub-{_fmt(sub)}</h1>",
             f"<p>bids-amyloid {__version__} participant-level QC. Red contour: brain mask on the "
             "native image. Cyan: template edges on the registered image. PET: SUVR over the "
