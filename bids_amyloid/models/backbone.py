@@ -323,6 +323,9 @@ def build_backbone(model_cfg: ModelConfig, *, load_weights: bool = True) -> Back
         if not is_pretrained_name(name):
             LOG.warning("backbone %s is RANDOMLY INITIALISED (no pretrained weights): for tests and "
                         "demos only; the model file records this", name)
+            if model_cfg.backbone_weights and load_weights:
+                LOG.warning("backbone weights %s ignored: only 'biomedclip' loads weights",
+                            model_cfg.backbone_weights)
     vit: Any = trunk
     info = BackboneInfo(name=BIOMEDCLIP if is_pretrained_name(name) else name, timm_model=timm_name,
                         image_size=model_cfg.image_size, embed_dim=int(vit.num_features),
