@@ -22,6 +22,7 @@ from bids_amyloid.sim.plan import plan_cohort, thinning, ventricle_growth
 from bids_amyloid.sim.writer import truth_paths
 from bids_amyloid.simulate import main, simulate_cohort
 
+pytestmark = pytest.mark.xdist_group("simulate")  # one worker builds the shared cohort
 VALIDATOR = Path(sys.executable).parent / "bids-validator-deno"
 THRESHOLD = 20.6
 
