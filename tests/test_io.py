@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,12 @@ def test_remove_stale_temporaries(tmp_path: Path) -> None:
     (tmp_path / "d" / "keep.nii.gz").write_bytes(b"")
     assert remove_stale_temporaries(tmp_path) == 1
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["keep.nii.gz"]
+
+
+def test_permissions_follow_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "p.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o644
