@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from bids_amyloid.config import AppConfig
+from bids_amyloid.errors import InputMissingError
 from bids_amyloid.train import losses, schedules
 from bids_amyloid.train.augment import augment_sample_images
 from bids_amyloid.train.data import SliceCacheDataset
@@ -300,8 +301,12 @@ class ContrastivePhase(_Phase):
         super().__init__(ctx, teacher, ContrastiveNet(teacher, ctx.teacher_contrasts, ctx.cfg))
         c = ctx.cfg.contrastive
         self.max_epochs, self.patience, self.accumulation = c.max_epochs, c.patience, c.accumulation
-        self.pool = NegativePool(ctx.train.subjects, ctx.train.centiloids)
-        self.val_pool = NegativePool(ctx.val.subjects, ctx.val.centiloids)
+        try:
+            self.pool = NegativePool(ctx.train.subjects, ctx.train.centiloids)
+            self.val_pool = NegativePool(ctx.val.subjects, ctx.val.centiloids)
+        except ValueError as err:
+            raise InputMissingError(f"phase 2 (triplets) needs training and validation samples "
+                                    f"of at least two subjects each: {err}") from err
         self.mined: dict[str, int] = {}
 
     def make_optimizer(self) -> torch.optim.Optimizer:
