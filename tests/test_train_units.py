@@ -306,3 +306,28 @@ def test_plan_and_teacher_settings_checks(tmp_path):
     _check_teacher_config(tmp_path, {"model": {"backbone": "biomedclip", "image_size": 224}}, cfg)
     with pytest.raises(UsageError, match="image_size"):
         _check_teacher_config(tmp_path, {"model": {"image_size": 32}}, cfg)
+
+
+def test_distill_net_keeps_teacher_frozen_in_eval_mode():
+    from bids_amyloid.config import AppConfig, ModelConfig
+    from bids_amyloid.models import build_student, build_teacher, prepare_slices
+    from bids_amyloid.train.phases import DistillNet
+
+    cfg = AppConfig(model=ModelConfig(backbone="test_vit", image_size=32))
+    torch.manual_seed(0)
+    teacher = build_teacher(cfg, ("T1w",))
+    student = build_student(cfg, ("T1w",))
+    student.init_from_teacher(teacher)
+    net = DistillNet(student, teacher, ("T1w",), cfg).train()
+    assert not teacher.training and student.training
+    images = prepare_slices(torch.rand(2, 3, 32, 32))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    batch = {"mri": {"T1w": images}, "mri_mask": {"T1w": mask}, "pet": images.clone(),
+             "pet_mask": mask, "label": torch.tensor([0.0, 1.0]), "student_mri": {"T1w": images},
+             "student_mask": {"T1w": mask}, "margin": 0.3, "temperature": 2.5,
+             "gap_weight": 0.1, "weights": (0.3, 0.5, 0.2)}
+    out = net(batch)
+    out["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
+    assert float(out["feature_kd"]) >= 0 and float(out["logit_kd"]) > 0
