@@ -290,6 +290,19 @@ def test_padding_slices_do_not_change_outputs():
     assert not torch.allclose(c.logit[1], ref.logit[1])
 
 
+def test_unpadded_and_padded_batches_agree():
+    """The no-padding shortcut and the masked selection encode the same slices alike."""
+    model = build_teacher(TINY, ("T1w",)).eval()
+    x, pet = images(2, 3, 1), images(2, 3, 2)
+    pad = torch.zeros(2, 1, 3, SIZE, SIZE)
+    padded_mask = torch.cat([full(2, 3), torch.zeros(2, 1, dtype=torch.bool)], dim=1)
+    with torch.no_grad():
+        plain = model({"T1w": x}, {"T1w": full(2, 3)}, pet, full(2, 3))
+        padded = model({"T1w": torch.cat([x, pad], 1)}, {"T1w": padded_mask}, pet, full(2, 3))
+    torch.testing.assert_close(padded.logit, plain.logit, rtol=0, atol=1e-6)
+    torch.testing.assert_close(padded.embedding, plain.embedding, rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4])
 def test_student_accepts_every_subset_of_its_contrasts(n):
     contrasts = ("T1w", "T2w", "FLAIR", "T2starw")[:n]

@@ -277,10 +277,10 @@ def extract_trunk(state: dict[str, torch.Tensor], path: Path) -> dict[str, torch
     """The ``visual.trunk.*`` tensors of an open_clip state dict (or a bare timm state dict)."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     trunk = {k[len(TRUNK_PREFIX):]: v for k, v in state.items() if k.startswith(TRUNK_PREFIX)}
-    if trunk:
-        return trunk
-    if "patch_embed.proj.weight" in state:
-        return state
+    if not trunk and "patch_embed.proj.weight" in state:
+        trunk = state
+    if trunk:  # a classifier saved with the trunk is not part of the slice encoder
+        return {k: v for k, v in trunk.items() if not k.startswith("head.")}
     example = ", ".join(sorted(state)[:5])
     raise BackboneWeightsError(f"{path}: no '{TRUNK_PREFIX}*' keys (an open_clip timm vision tower) "
                                f"and not a timm ViT state dict; first keys: {example}")

@@ -159,12 +159,17 @@ class AmyloidNetwork(nn.Module):
         Returns per group ``(B, S, D)`` projected tokens; padding slices are zeros.
         """
         flat_masks = [mask.reshape(-1) for _, mask in groups]
-        images = torch.cat([im.reshape(-1, *im.shape[2:])[fm] for (im, _), fm in zip(groups, flat_masks,
-                                                                                      strict=True)])
-        features = self.projection(self.backbone(images))
         all_mask = torch.cat(flat_masks)
-        tokens = features.new_zeros(all_mask.shape[0], features.shape[-1])
-        tokens[all_mask] = features
+        flat_images = [im.reshape(-1, *im.shape[2:]) for im, _ in groups]
+        if bool(all_mask.all()):  # the usual training batch: no padding, no copy of the selection
+            batch = flat_images[0] if len(flat_images) == 1 else torch.cat(flat_images)
+            features = self.projection(self.backbone(batch))
+            tokens = features
+        else:
+            images = torch.cat([im[fm] for im, fm in zip(flat_images, flat_masks, strict=True)])
+            features = self.projection(self.backbone(images))
+            tokens = features.new_zeros(all_mask.shape[0], features.shape[-1])
+            tokens[all_mask] = features
         out, start = [], 0
         for _, mask in groups:
             n = mask.numel()
