@@ -44,7 +44,8 @@ class Task(Protocol):
 
     name: str
     model: nn.Module            # the trained network (checkpointed)
-    net: nn.Module              # forward(batch) -> dict of losses incl. "loss" (DDP-wrapped)
+    net: nn.Module              # forward(batch) -> dict of scalar losses incl. "loss" (and
+                                # "_"-prefixed per-sample outputs); DDP-wrapped under torchrun
     max_epochs: int
     patience: int
     accumulation: int
@@ -328,7 +329,8 @@ class Trainer:
             size = int(batch["label"].shape[0])
             samples += size
             for key, value in out.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
+                if not key.startswith("_"):            # "_…": per-sample outputs, not losses
+                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
         stats = {f"train_{k}": v / max(samples, 1) for k, v in sums.items()}
         stats["train_samples"] = float(samples)
         stats["grad_norm"] = float(np.mean(norms)) if norms else float("nan")

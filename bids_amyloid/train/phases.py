@@ -190,12 +190,13 @@ class ContrastiveNet(nn.Module):
         out = self.teacher.forward_triplet(mri, mask, batch["pet"], batch["pet_mask"],
                                            batch["neg_pet"], batch["neg_pet_mask"])
         c = self.c
-        return losses.contrastive_terms(
+        terms = losses.contrastive_terms(
             out.anchor.embedding.float(), out.positive.float(), out.negative.float(),
             out.anchor.logit.float(), batch["label"],
             margin=c.margin, norm_weight=c.norm_weight, s=float(batch["s"]),
             collapse_threshold=c.collapse_threshold, negative_cos_offset=c.negative_cos_offset,
             negative_cos_weight=c.negative_cos_weight)
+        return {**terms, "_logit": out.anchor.logit.detach()}
 
 
 class DistillNet(nn.Module):
@@ -350,31 +351,33 @@ class ContrastivePhase(_Phase):
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict[str, Any]:
+        """Triplet loss, valid-triplet fraction and classification from one pass over
+        validation, with negatives mined from validation subjects (fixed seed)."""
         self.module.eval()
+        mined, self.mined = self.mined, {}      # the training epoch's negatives, by rule
         rng = np.random.default_rng(VAL_MINING_SEED)
-        parts: dict[str, list[float]] = {"triplet": [], "valid": []}
-        sizes = []
+        dtype = autocast_dtype(self.ctx.device, self.ctx.cfg.train.amp)
+        triplet, valid, sizes = [], [], []
+        logits, labels = [], []
         for raw in self.ctx.val_loader:
             batch = self._with_negatives(raw, self.ctx.val, self.val_pool, None, rng)
             batch["s"] = 0.0
-            out = self.module(batch)
-            for k in parts:
-                parts[k].append(float(out[k]))
+            with torch.autocast(self.ctx.device.type, dtype=dtype, enabled=dtype is not None):
+                out = self.module(batch)
+            triplet.append(float(out["triplet"]))
+            valid.append(float(out["valid"]))
             sizes.append(int(batch["label"].shape[0]))
+            logits.append(out["_logit"].float().cpu())
+            labels.append(batch["label"].cpu())
         w = np.asarray(sizes, float) / max(sum(sizes), 1)
-        triplet = float(np.dot(w, parts["triplet"]))
-        valid = float(np.dot(w, parts["valid"]))
-        contrasts = self.ctx.teacher_contrasts
-
-        def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
-            out = self.model(*subset(b, contrasts), b["pet"], b["pet_mask"])
-            return out.logit, out.embedding
-
-        metrics = _classification(collect(self.ctx, forward), self.ctx.cfg.train.threshold_grid)
+        metrics = _classification({"logit": torch.cat(logits).numpy(),
+                                   "label": torch.cat(labels).numpy()},
+                                  self.ctx.cfg.train.threshold_grid)
         c = self.ctx.cfg.contrastive
-        score = (valid - c.val_triplet_weight * triplet) + c.val_f1_weight * metrics["f1@0.5"]
-        mined, self.mined = self.mined, {}
-        return {**metrics, "triplet": triplet, "valid_triplets": valid, "score": score,
+        val_triplet, val_valid = float(np.dot(w, triplet)), float(np.dot(w, valid))
+        score = (val_valid - c.val_triplet_weight * val_triplet) + c.val_f1_weight * metrics["f1@0.5"]
+        self.mined = {}
+        return {**metrics, "triplet": val_triplet, "valid_triplets": val_valid, "score": score,
                 **{f"negatives_{k}": float(v) for k, v in sorted(mined.items())}}
 
 
