@@ -332,3 +332,67 @@ def test_slice_geometry_inverts_the_slice_extraction() -> None:
         brain = original[i] > 0.05
         assert np.corrcoef(back[i][brain], original[i][brain])[0, 1] > 0.98
         assert np.abs(back[i] - original[i])[brain].mean() < 0.02
+
+
+def strip_pet_and_centiloid(bids: Path) -> None:
+    """Turn a simulated dataset into an MRI-only one: no PET files, no Centiloid/tracer columns."""
+    import shutil
+
+    for pet in bids.glob("sub-*/ses-*/pet"):
+        shutil.rmtree(pet)
+    for ses in bids.glob("sub-*/ses-*"):
+        if not any(ses.iterdir()):
+            ses.rmdir()
+    for table in bids.glob("sub-*/sub-*_sessions.tsv"):
+        rows = pd.read_csv(table, sep="\t", dtype=str)
+        rows = rows[[(table.parent / s).is_dir() for s in rows["session_id"]]]
+        rows[["session_id", "acq_time"]].to_csv(table, sep="\t", index=False)
+    described = bids / "sessions.json"
+    if described.exists():
+        data = json.loads(described.read_text())
+        described.write_text(json.dumps({k: v for k, v in data.items()
+                                         if k in ("session_id", "acq_time")}, indent=1))
+
+
+@pytest.mark.slow
+def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(
+        tmp_path: Path, model_file: Path) -> None:
+    """Raw simulated T1w, no PET and no Centiloid anywhere → predictions (real preprocessing)."""
+    from bids_amyloid.simulate import simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "bids", 1, seed=1, size="small")
+    strip_pet_and_centiloid(bids)
+    assert not list(bids.rglob("*_pet.nii.gz"))
+    assert "centiloid" not in "".join(p.read_text() for p in bids.rglob("*sessions.tsv"))
+    sessions = sorted(p.name for p in bids.glob("sub-001/ses-*") if (p / "anat").is_dir())
+    out = tmp_path / "out"
+    assert cli.main([str(bids), str(out), "predict", "--model", str(model_file), "-q"]) == 0
+    folder = out / "predict" / "student_T1w"
+    table = read_tsv(folder / "predictions.tsv")
+    assert table["session_id"].tolist() == sessions
+    assert table["probability"].astype(float).between(0, 1).all()
+    assert table["in_training_cohort"].tolist() == ["false"] * len(sessions)
+    # predict preprocessed the MRI into OUT, the participant level's place, and nothing of PET
+    for ses in sessions:
+        cache = drv.mri_slice_cache(out, "001", ses.removeprefix("ses-"), "T1w")
+        assert cache.is_file() and drv.sidecar_of(cache).is_file()
+    assert not list(out.rglob("*_pet*"))
+    assert not (folder / "metrics.tsv").exists()
+    # a second run reuses those caches and gives byte-identical predictions
+    first = (folder / "predictions.tsv").read_bytes()
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*desc-slices_T1w.npy")}
+    assert cli.main([str(bids), str(out), "predict", "--model", str(model_file), "-q"]) == 0
+    assert (folder / "predictions.tsv").read_bytes() == first
+    assert {p: p.stat().st_mtime_ns for p in stamp} == stamp, "caches were not rewritten"
+
+
+def test_demo_schedule_is_a_valid_configuration(tmp_path: Path) -> None:
+    from bids_amyloid.config import load_config
+    from bids_amyloid.demo import BACKBONE, SCHEDULE, main
+
+    path = tmp_path / "schedule.toml"
+    path.write_text(SCHEDULE)
+    cfg = load_config(path)
+    assert cfg.model.backbone == BACKBONE
+    assert cfg.pretrain.max_epochs + cfg.contrastive.max_epochs + cfg.distill.max_epochs <= 12
+    assert main([str(tmp_path / "demo"), "--subjects", "4"]) == 64
