@@ -355,11 +355,19 @@ def strip_pet_and_centiloid(bids: Path) -> None:
 
 
 @pytest.mark.slow
-def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(
-        tmp_path: Path, model_file: Path) -> None:
-    """Raw simulated T1w, no PET and no Centiloid anywhere → predictions (real preprocessing)."""
+def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(tmp_path: Path) -> None:
+    """Raw simulated T1w, no PET and no Centiloid anywhere → predictions (real preprocessing).
+
+    The model was trained on deepbet-stripped MRI: predict must preprocess with
+    the model file's parameters, not the run's defaults (HD-BET).
+    """
+    from bids_amyloid.config import PreprocConfig
+    from bids_amyloid.models import build_student, save_model
     from bids_amyloid.simulate import simulate_cohort
 
+    cfg = AppConfig(preproc=PreprocConfig(skull_strip="deepbet"), model=CFG.model)
+    model_file = save_model(tmp_path / "student_T1w.pt", build_student(cfg, ("T1w",)), cfg,
+                            {"thresholds": {"tau": 0.5}, "training_participants": ["sub-999"]})
     bids = simulate_cohort(tmp_path / "bids", 1, seed=1, size="small")
     strip_pet_and_centiloid(bids)
     assert not list(bids.rglob("*_pet.nii.gz"))
@@ -376,6 +384,7 @@ def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(
     for ses in sessions:
         cache = drv.mri_slice_cache(out, "001", ses.removeprefix("ses-"), "T1w")
         assert cache.is_file() and drv.sidecar_of(cache).is_file()
+        assert drv.read_slice_cache(cache)[2]["Parameters"]["skull_strip"] == "deepbet"
     assert not list(out.rglob("*_pet*"))
     assert not (folder / "metrics.tsv").exists()
     # a second run reuses those caches and gives byte-identical predictions
@@ -396,3 +405,19 @@ def test_demo_schedule_is_a_valid_configuration(tmp_path: Path) -> None:
     assert cfg.model.backbone == BACKBONE
     assert cfg.pretrain.max_epochs + cfg.contrastive.max_epochs + cfg.distill.max_epochs <= 12
     assert main([str(tmp_path / "demo"), "--subjects", "4"]) == 64
+
+
+def test_failed_preprocessing_is_reported_and_the_rest_predicted(tmp_path: Path,
+                                                                  model_file: Path) -> None:
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",)})
+    broken = BidsBuilder(bids).anat("02", "01", "T1w")  # no caches: predict must preprocess it
+    broken.write_bytes(b"<!DOCTYPE html><html><body>404 Not Found</body></html>")
+    assert predict(bids, out, model_file, "--allow-training-subjects") == 1
+    folder = out / "predict" / "student_T1w"
+    assert read_tsv(folder / "predictions.tsv")["participant_id"].tolist() == ["sub-01"]
+    excluded = read_tsv(folder / "excluded.tsv")
+    assert excluded["participant_id"].tolist() == ["sub-02"]
+    reason = excluded["reason"].iloc[0]
+    assert reason.startswith("preprocessing_failed:") and "T1w" in reason, reason
+    assert json.loads((folder / "predict.json").read_text())["Sessions"]["failed"] == 1
