@@ -153,7 +153,10 @@ def load_predict_model(path: Path, cfg: AppConfig) -> PredictModel:
     network, model_cfg, meta = load_model(path, device=device,
                                           backbone_weights=cfg.model.backbone_weights)
     if getattr(network, "role", "student") != "student":
-        LOG.warning("%s is a %s model: predict feeds it MRI only", path, network.role)
+        from bids_amyloid.errors import UsageError
+
+        raise UsageError(f"{path} is a {network.role} model, which needs PET; predict takes an "
+                         "MRI-only student (student_<contrasts>.pt from the group level)")
     return PredictModel(network.eval(), model_cfg, meta, Path(path), file_sha256(Path(path)),
                         device)
 

@@ -421,3 +421,13 @@ def test_failed_preprocessing_is_reported_and_the_rest_predicted(tmp_path: Path,
     reason = excluded["reason"].iloc[0]
     assert reason.startswith("preprocessing_failed:") and "T1w" in reason, reason
     assert json.loads((folder / "predict.json").read_text())["Sessions"]["failed"] == 1
+
+
+def test_teacher_model_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from bids_amyloid.models import build_teacher, save_model
+
+    teacher = save_model(tmp_path / "teacher.pt", build_teacher(CFG, ("T1w",)), CFG, {})
+    out = tmp_path / "out"
+    bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",)})
+    assert predict(bids, out, teacher) == 64
+    assert any("needs PET" in r.getMessage() for r in caplog.records)
