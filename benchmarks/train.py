@@ -63,6 +63,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--cohort", type=int, default=870, help="pairs per epoch for the projection")
     p.add_argument("--phases", nargs="+", default=list(PAPER_EPOCHS))
+    p.add_argument("--accumulation", type=int,
+                   help="override every phase's accumulation (throughput per sample is the same; "
+                        "fewer micro-batches per timed step)")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone trunk")
     return p.parse_args()
@@ -153,11 +156,15 @@ def main() -> None:
     args = parse()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    cfg = apply_overrides(AppConfig(), {
+    overrides: dict[str, dict[str, Any]] = {
         "model": {"backbone": args.backbone, "image_size": args.image_size},
         "train": {"n_train_slices": args.slices, "amp": not args.no_amp,
                   "num_workers": args.workers},
-    })
+    }
+    if args.accumulation:
+        for phase in PAPER_EPOCHS:
+            overrides[phase] = {"accumulation": args.accumulation}
+    cfg = apply_overrides(AppConfig(), overrides)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
         _, cohort = synthetic_run(out, n_subjects=args.subjects, size=args.image_size, n_kept=36,
