@@ -57,7 +57,6 @@ from bids_amyloid.options import RunOptions
 
 LOG = logging.getLogger(__name__)
 PET_CONTRAST = "T1w"  # PET is registered through its MRI session's T1w
-SIDECAR_EXTS = (".json",)
 
 
 # --------------------------------------------------------------------------- plan
