@@ -60,6 +60,7 @@ class PreprocConfig:
     hdbet_tta: bool = True
     hdbet_mode: str = "fast"  # fast: 1 network (fold 0) | accurate: 5 networks
     hdbet_tta_mirrors: str = "lr"  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
+    hdbet_bf16: bool = True  # bfloat16 autocast where the CPU/GPU supports it (2x faster on CPU)
     registration_metric: str = "mattes"
     registration_voxel_mm: float = 2.0  # the fixed image is resampled to this before registering
     registration_shrink: tuple[int, ...] = (4, 2)  # shrink factors of that 2 mm grid, per level
