@@ -113,7 +113,8 @@ def run_mri(task: tuple[Path, Path, dict[str, Any], int, Path]) -> dict[str, Any
         corrected = n4_correct(image, cfg, threads=threads)
     with step("skullstrip", steps, rss):
         mask = skull_strip(corrected, cfg.skull_strip, tta=cfg.hdbet_tta, mode=cfg.hdbet_mode,
-                           mirrors=cfg.hdbet_tta_mirrors, threads=threads)
+                           mirrors=cfg.hdbet_tta_mirrors, threads=threads,
+                           bf16=cfg.hdbet_bf16)
     with step("intensity", steps, rss):
         norm = normalise_intensity(corrected, mask, cfg.clip_percentiles, cfg.gamma)
     with step("register", steps, rss):

@@ -97,7 +97,7 @@ def _process_contrast(contrast: str, path: Path, cfg: PreprocConfig, work: Path,
         raise InputDataError(f"{path}: N4 bias correction failed ({err})") from err
     lap("n4")
     mask = skull_strip(corrected, cfg.skull_strip, tta=cfg.hdbet_tta, mode=cfg.hdbet_mode,
-                       mirrors=cfg.hdbet_tta_mirrors, threads=threads)
+                       mirrors=cfg.hdbet_tta_mirrors, threads=threads, bf16=cfg.hdbet_bf16)
     mask_data = np.asarray(mask.dataobj) > 0
     voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
     volume_ml = float(mask_data.sum()) * voxel_ml

