@@ -321,9 +321,9 @@ def build_report(sub: str, records: list[dict[str, Any]], failures: Iterable[Fai
     """The HTML text of one subject's page (no external resources)."""
     failures = list(failures)
     head = ('<tr><th class="l">session / scan</th><th class="l">image</th><th>mask volume (ml)</th>'
-            '<th>mask Dice vs template</th><th>registration similarity</th><th>SUVR reference mean</th><th class="l">status</th></tr>')
+            '<th>mask Dice vs template</th><th>registration r (MRI: vs template; PET: vs MRI)</th><th>SUVR reference mean</th><th class="l">status</th></tr>')
     body = [f"<h1>sub-{_fmt(sub)}</h1>",
-            f"<p>bids-amyloid {__version__} participant-level QC. Red contour: brain mask on the "
+            f"<p>bids-amyloid {__version__} participant-level QC. Red outline: brain mask on the "
             "native image. Cyan: template edges on the registered image. PET: SUVR over the "
             "registered MRI.</p>",
             "<table>" + head + "".join(_summary_rows(records, failures)) + "</table>"]
