@@ -236,7 +236,7 @@ def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> by
     """PNG: a few of the model's slices (rows: MRI, gradient, HiResCAM), superior up.
 
     Each slice is shown on its template plane (anterior right, superior up);
-    the gradient map is smoothed and rescaled per slice for display.
+    the gradient map is smoothed for display.
     """
     import matplotlib
 
@@ -250,6 +250,12 @@ def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> by
     geometry = slice_geometry(preproc)
     n = len(sal.indices)
     picks = sorted(set(np.linspace(0, n - 1, min(N_FIGURE_SLICES, n)).round().astype(int).tolist()))
+    # pixel-wise gradients are speckled: smoothed for display, rescaled jointly over the
+    # shown slices so their relative strength stays visible
+    smooth = np.stack([ndimage.gaussian_filter(sal.maps["gradient"][row], DISPLAY_SIGMA_PX)
+                       for row in picks])
+    shown = {"gradient": dict(zip(picks, smooth / max(float(smooth.max()), 1e-12), strict=True)),
+             "hirescam": {row: sal.maps["hirescam"][row] for row in picks}}
     fig, axes = plt.subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
     for col, row in enumerate(picks):
         mri = plane_from_slice(sal.image[row], geometry, (shape[1], shape[2]))
@@ -257,11 +263,7 @@ def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> by
             ax = axes[r][col]
             ax.imshow(mri.T, cmap="gray", origin="lower", vmin=0, vmax=1)
             if name != "MRI":
-                values = sal.maps[name][row]
-                if name == "gradient":  # pixel-wise gradients are speckled: smooth for display
-                    values = ndimage.gaussian_filter(values, DISPLAY_SIGMA_PX)
-                    values = values / max(float(values.max()), 1e-12)
-                sal_plane = plane_from_slice(values, geometry, (shape[1], shape[2]))
+                sal_plane = plane_from_slice(shown[name][row], geometry, (shape[1], shape[2]))
                 ax.imshow(np.ma.masked_less(sal_plane.T, DISPLAY_FLOOR), cmap="hot",
                           origin="lower", vmin=0, vmax=1, alpha=0.6)
             ax.set_xticks([])
