@@ -322,28 +322,34 @@ def test_unit_tags() -> None:
 
 @pytest.mark.slow
 def test_real_pipeline_end_to_end(sim_bids: Path, tmp_path: Path) -> None:
-    """Real preprocessing, two sessions in parallel; then a re-run is a no-op."""
-    out = tmp_path / "out"
+    """Real preprocessing of sub-002: its two MRI sessions in parallel (one with a PET,
+    one without), validated outputs; then a re-run is a no-op."""
+    out, work = tmp_path / "out", tmp_path / "work"
     before = tree_digest(sim_bids)
-    code = main([str(sim_bids), str(out), "participant", "--nprocs", "2", "-w",
-                 str(tmp_path / "work")])
-    assert code == 0
+    args = [str(sim_bids), str(out), "participant", "--participant-label", "002", "-w", str(work)]
+    assert main([*args, "--nprocs", "2"]) == 0
     assert tree_digest(sim_bids) == before
-    for path in all_outputs(out):
-        assert path.is_file() and sidecar_of(path).is_file(), path
-    for sub, ses in MRI_SESSIONS:
+    sessions = [m for m in MRI_SESSIONS if m[0] == "002"]
+    pets = [p for p in PETS if p[0] == "002"]
+    for sub, ses in sessions:
+        for path in mri_files(out, sub, ses):
+            assert path.is_file() and sidecar_of(path).is_file(), path
         array, indices, _ = read_slice_cache(mri_files(out, sub, ses)[1])
         assert array.shape[1:] == (224, 224) and 0 < len(indices) <= 40
         assert indices == sorted(indices) and np.isfinite(array).all()
-    for sub, ses, tracer, _ in PETS:
-        array, indices, _ = read_slice_cache(pet_files(out, sub, ses, tracer)[1])
+        mask = out / f"sub-{sub}" / f"ses-{ses}" / "anat" / \
+            f"sub-{sub}_ses-{ses}_{SPACE}_desc-brain_mask.nii.gz"
+        assert json.loads(sidecar_of(mask).read_text())["TemplateMaskDice"] > 0.8
+    for sub, ses, tracer, mri_ses in pets:
+        suvr, cache = pet_files(out, sub, ses, tracer)
+        assert json.loads(sidecar_of(suvr).read_text())["MRISession"] == f"ses-{mri_ses}"
+        array, indices, _ = read_slice_cache(cache)
         assert array.shape == (40, 224, 224) and float(array.max()) > 1.0
     assert validator_errors(out) == []
     assert_clean(out)
-    assert not (tmp_path / "work").exists() or not list((tmp_path / "work").glob("sub-*"))
-    for sub in ("001", "002"):
-        page = (out / f"sub-{sub}.html").read_text()
-        assert page.count("data:image/png;base64,") >= 3 and "FAILED" not in page
+    assert not work.exists() or not list(work.glob("sub-*"))
+    page = (out / "sub-002.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "FAILED" not in page
     first = mtimes(out)
-    assert main([str(sim_bids), str(out), "participant", "-w", str(tmp_path / "work")]) == 0
+    assert main(args) == 0
     assert mtimes(out) == first
