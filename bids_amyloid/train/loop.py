@@ -282,7 +282,7 @@ class Trainer:
         gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
         return EpochRNG(augment=gen, mining=np.random.default_rng(seed))
 
-    def _step(self, clip: float) -> float:
+    def _step(self, clip: float) -> torch.Tensor:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -291,7 +291,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         if self.task.scheduler_mode == "step" and self.scheduler is not None:
             self.scheduler.step()
-        return float(norm)
+        return norm.detach()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         task, rngs = self.task, self._rngs(epoch)
@@ -304,8 +304,11 @@ class Trainer:
         if self.s.max_steps_per_epoch is not None:
             n = min(n, self.s.max_steps_per_epoch)
         sizes = _groups(n, task.accumulation)
-        sums: dict[str, float] = {}
-        norms, samples = [], 0
+        # running sums stay on the device: no host sync per micro-batch, one per optimiser step
+        sums: dict[str, torch.Tensor] = {}
+        norms: list[torch.Tensor] = []
+        samples = 0
+        bad = torch.zeros((), dtype=torch.bool, device=self.s.device)
         self.optimizer.zero_grad(set_to_none=True)
         for i, raw in enumerate(_progress(self.loader, self.s.progress and self.writer,
                                           f"{task.name} {epoch}")):
@@ -321,19 +324,22 @@ class Trainer:
                 with self._autocast():
                     out = task.net(batch)
                 loss = out["loss"].float()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{task.name} epoch {epoch}: loss is {loss.item()}")
+                bad |= ~torch.isfinite(loss.detach())
                 self.scaler.scale(loss / sizes[i]).backward()
             if closes:
+                if bool(bad):
+                    raise FloatingPointError(f"{task.name} epoch {epoch}: the loss is not finite "
+                                             f"(batch {i}); lower the learning rate or check inputs")
                 norms.append(self._step(clip))
             size = int(batch["label"].shape[0])
             samples += size
             for key, value in out.items():
                 if not key.startswith("_"):            # "_…": per-sample outputs, not losses
-                    sums[key] = sums.get(key, 0.0) + float(value.detach()) * size
-        stats = {f"train_{k}": v / max(samples, 1) for k, v in sums.items()}
+                    total = value.detach().float() * size
+                    sums[key] = sums[key] + total if key in sums else total
+        stats = {f"train_{k}": float(v) / max(samples, 1) for k, v in sums.items()}
         stats["train_samples"] = float(samples)
-        stats["grad_norm"] = float(np.mean(norms)) if norms else float("nan")
+        stats["grad_norm"] = float(torch.stack(norms).float().mean()) if norms else float("nan")
         stats["clip"] = clip
         return stats
 
