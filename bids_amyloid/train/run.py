@@ -512,6 +512,9 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
                   cohort=usable)
         LOG.info("group run %s on %s (world %d): phases %s; %s", folder, device, dist.world,
                  ", ".join(phases), ", ".join(f"{k} {len(v)}" for k, v in data.items()))
+        if device.type == "cuda" and cfg.train.num_workers == 0:
+            LOG.info("slices are read in the main process; on a GPU, [train] num_workers = 4–8 "
+                     "keeps it fed")
         teacher_only = [p for p in phases if p != "distill"]
         if teacher_only:
             teacher_phases(run, teacher_only)
