@@ -16,7 +16,7 @@ from train_fixtures import synthetic_run, write_small_config
 from bids_amyloid import cli
 from bids_amyloid.train import loop
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("train_e2e")]  # one module fixture
 
 OUTPUTS = ("cohort.tsv", "config.toml", "teacher.pt", "student_T1w.pt",
            "student_T1w_best-cosine.pt", "training.tsv", "metrics.tsv", "predictions.tsv",
