@@ -16,7 +16,8 @@ architecture, so the same cost; random weights, none needed).
 *End to end*: a small simulated cohort (``--end-to-end N`` subjects, no
 participant level run) is predicted with the command line; predict then runs
 the MRI preprocessing itself (N4, HD-BET, rigid to MNI, slices) with the model
-file's parameters. Seconds per predicted session, wall clock, tiny backbone.
+file's parameters (HD-BET, the default). Seconds per predicted session, wall
+clock, tiny backbone.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def main() -> None:
     p.add_argument("--nprocs", type=int, default=2)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = torch.get_num_threads()  # the CLI run below may lower it for its workers
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         for backbone in args.backbones:
@@ -120,7 +121,7 @@ def main() -> None:
         if args.end_to_end:
             rows.append(end_to_end(Path(tmp) / "e2e", args.end_to_end, args.device, args.nprocs))
     print("\n" + pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} CPU threads"
+    print(f"\ntorch {torch.__version__}, {threads} CPU threads"
           + (f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""))
 
 
