@@ -33,7 +33,12 @@ from bids_amyloid.preproc.bias import n4_correct
 from bids_amyloid.preproc.intensity import normalise_intensity
 from bids_amyloid.preproc.register import RigidFit, compose, register_rigid, write_itk_transform
 from bids_amyloid.preproc.skullstrip import skull_strip
-from bids_amyloid.preproc.template import load_template, load_template_mask, resample_array
+from bids_amyloid.preproc.template import (
+    load_nifti,
+    load_template,
+    load_template_mask,
+    resample_array,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ class MRIResult:
 def load_mri(path: Path) -> nib.Nifti1Image:
     """Read a 3D anatomical image as float32 (a trailing singleton 4th axis is dropped)."""
     try:
-        img = nib.load(path)
+        img = load_nifti(path)
         data = np.asarray(img.dataobj, np.float32)
     except (OSError, ValueError, EOFError) as err:
         raise InputDataError(f"{path}: cannot read image ({err})") from err

@@ -29,7 +29,12 @@ from scipy import ndimage
 from bids_amyloid.config import PreprocConfig
 from bids_amyloid.errors import InputDataError
 from bids_amyloid.preproc.register import compose, register_rigid
-from bids_amyloid.preproc.template import load_gaain_voi, load_template, resample_array
+from bids_amyloid.preproc.template import (
+    load_gaain_voi,
+    load_nifti,
+    load_template,
+    resample_array,
+)
 
 if TYPE_CHECKING:
     from bids_amyloid.preproc.mri import MRIResult
@@ -102,7 +107,7 @@ def suvr(volume: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
 def load_pet(pet: Path) -> nib.Nifti1Image:
     """Read a PET file and average its frames (sidecar ``FrameDuration`` weights)."""
     try:
-        img = nib.load(pet)
+        img = load_nifti(pet)
         frames = img.shape[3] if len(img.shape) == 4 else 1
         sidecar = Path(str(pet).removesuffix(".gz").removesuffix(".nii") + ".json")
         mean = average_frames(img, frame_weights(sidecar, frames) if frames > 1 else None)

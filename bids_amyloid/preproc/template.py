@@ -39,6 +39,22 @@ GAAIN_VOIS = ("ctx", "WhlCbl", "WhlCblBrnStm", "CerebGry", "Pons")
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS ↔ LPS (its own inverse)
 
 
+def load_nifti(path: Path | str) -> nib.Nifti1Image:
+    """``nib.load`` restricted to NIfTI (a NIfTI-2 file is returned as NIfTI-1 in memory).
+
+    Raises
+    ------
+    ValueError
+        The file is an image nibabel reads but not NIfTI (e.g. MGH, Analyze).
+    """
+    img = nib.load(path)
+    if isinstance(img, nib.Nifti2Image):
+        return nib.Nifti1Image(img.dataobj, img.affine, None)
+    if not isinstance(img, nib.Nifti1Image):
+        raise ValueError(f"{path}: not a NIfTI image ({type(img).__name__})")
+    return img
+
+
 def _resolution(cfg: Any) -> int:
     """Template resolution from a PreprocConfig, an AppConfig or None (1 mm)."""
     section = getattr(cfg, "preproc", cfg)
@@ -101,7 +117,7 @@ def gaain_voi_path(name: str, resolution: int = 1) -> Path:
 
 @functools.lru_cache(maxsize=16)
 def _voi_on_template(name: str, resolution: int) -> np.ndarray:
-    voi = nib.load(gaain_voi_path(name, resolution))
+    voi = load_nifti(gaain_voi_path(name, resolution))
     _, _, affine = _template_arrays(resolution)
     shape = _template_arrays(resolution)[0].shape
     data = resample_array(np.asarray(voi.dataobj, np.float32), voi.affine, affine, shape, order=1)
