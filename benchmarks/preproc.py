@@ -155,10 +155,13 @@ def run_pet(task: tuple[Path, Path, Path, dict[str, Any], int, Path]) -> dict[st
     rss = PeakRSS()
     steps: dict[str, dict[str, float]] = {}
     with step("average_smooth", steps, rss):
-        smoothed = smooth_fwhm(load_pet(pet_path), cfg.pet_fwhm_mm)
+        mean = load_pet(pet_path)
+        smoothed = smooth_fwhm(mean, cfg.pet_fwhm_mm)
     with step("register", steps, rss):
-        fit = register_rigid(mri.native_brain, smoothed, cfg, threads=threads, work=work,
-                             fixed_mask=mri.native_mask)
+        fit = register_rigid(mri.native_brain, mean, cfg, threads=threads, work=work,
+                             fixed_mask=mri.native_mask,
+                             levels=(cfg.pet_registration_shrink, cfg.pet_registration_smoothing,
+                                     cfg.pet_registration_iterations))
     with step("to_template_suvr", steps, rss):
         template = load_template(cfg)
         to_template = compose(mri.to_template, fit.to_fixed)

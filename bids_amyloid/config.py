@@ -73,6 +73,10 @@ class PreprocConfig:
     template_resolution: int = 1
     registration: str = "rigid"
     pet_fwhm_mm: float = 8.0
+    # PET → MRI: the frame mean (before smoothing) is registered, with a finer last level
+    pet_registration_shrink: tuple[int, ...] = (4, 2, 1)
+    pet_registration_smoothing: tuple[float, ...] = (2.0, 1.0, 0.0)
+    pet_registration_iterations: tuple[int, ...] = (100, 30, 10)
     suvr_reference: str = "WhlCbl"
     n_slices: int = 40
     slice_range: tuple[float, float] = (0.4, 0.6)

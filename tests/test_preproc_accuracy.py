@@ -132,8 +132,8 @@ def test_pet_suvr_tracks_centiloid(cohort: Path, mri_results: dict,
     for path, sub, cl, matrix, centroid in scans:
         result = preprocess_pet(path, mri_results[sub][1], CFG, tmp_path / "work", threads=2)
         angle, shift = pose_error(result.to_template, matrix, centroid)
-        # 4 mm PET voxels: looser than the MRI criterion, still a real check of the chain
-        assert angle < 2.0 and shift < 2.0, f"{path.name}: PET pose {angle:.2f}°, {shift:.2f} mm"
+        # 4 mm PET voxels, 6 mm scanner blur: a little looser than the MRI criterion
+        assert angle < 1.5 and shift < 1.5, f"{path.name}: PET pose {angle:.2f}°, {shift:.2f} mm"
         data = np.asarray(result.suvr_mni.dataobj)
         suvrs.append(float(data[ctx].mean()))
         centiloids.append(cl)

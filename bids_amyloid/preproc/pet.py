@@ -2,9 +2,9 @@
 
 Chain (DESIGN.md, "PET preprocessing")::
 
-    4D PET ──mean of frames (weighted by FrameDuration)──▶ 3D
+    4D PET ──mean of frames (weighted by FrameDuration)──▶ 3D mean
            ──Gaussian FWHM 8 mm (native voxels)──▶ smoothed
-           ──rigid → the session's skull-stripped MRI (native)──▶ pet_to_mri
+    mean   ──rigid → the session's skull-stripped MRI (native)──▶ pet_to_mri
            ──compose with MRI → template, one linear resampling──▶ template grid
            ──÷ mean in the GAAIN whole-cerebellum VOI──▶ SUVR
 
@@ -148,8 +148,12 @@ def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
     timings["seconds_average_smooth"] = time.perf_counter() - start
 
     work.mkdir(parents=True, exist_ok=True)
-    fit = register_rigid(mri.native_brain, smoothed, cfg, threads=threads, work=work,
-                         fixed_mask=mri.native_mask)
+    # the unsmoothed frame mean holds more structure: rotation error ~0.2° instead of up
+    # to 3° when registering the 8 mm smoothed image (4 mm PET voxels, simulator)
+    fit = register_rigid(mri.native_brain, mean, cfg, threads=threads, work=work,
+                         fixed_mask=mri.native_mask,
+                         levels=(cfg.pet_registration_shrink, cfg.pet_registration_smoothing,
+                                 cfg.pet_registration_iterations))
     timings["seconds_register"] = fit.seconds
 
     start = time.perf_counter()

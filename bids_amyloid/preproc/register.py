@@ -156,12 +156,14 @@ def _ants_seed(seed: int) -> Iterator[None]:
 def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: PreprocConfig,
                    threads: int = 1, work: Path | None = None,
                    fixed_mask: nib.Nifti1Image | None = None,
-                   metric: str | None = None, seed: int = 42) -> RigidFit:
+                   metric: str | None = None, seed: int = 42,
+                   levels: tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...]] | None = None,
+                   ) -> RigidFit:
     """Rigid registration of ``moving`` to ``fixed`` (ANTs, multi-resolution).
 
     Initialised by aligning the intensity centres of mass; then a rigid stage
     per ``cfg.registration_shrink`` level (shrink factor, smoothing sigma in
-    voxels, iterations) with the ``cfg.registration_metric`` metric
+    voxels, iterations; ``levels`` overrides the three) with the ``cfg.registration_metric`` metric
     (``mattes`` mutual information by default) on a ``registration_sampling``
     fraction of voxels (sampled with a fixed ``seed``: reproducible). The
     fixed and moving images are first resampled (anti-aliased) to
@@ -177,7 +179,10 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
 
     set_threads(threads)
     start = time.perf_counter()
-    levels = (cfg.registration_shrink, cfg.registration_smoothing, cfg.registration_iterations)
+    if levels is None:
+        levels = (cfg.registration_shrink, cfg.registration_smoothing,
+                  cfg.registration_iterations)
+    shrink, smoothing, iterations = levels
     if len({len(v) for v in levels}) != 1:
         raise ValueError("registration_shrink, _smoothing and _iterations need one entry per level")
     coarse, coarse_mask = coarse_grid(fixed, float(cfg.registration_voxel_mm), fixed_mask)
@@ -190,9 +195,9 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
                 fixed=to_ants(coarse), moving=to_ants(moving_coarse), type_of_transform="Rigid",
                 aff_metric=metric or cfg.registration_metric, aff_sampling=32,
                 aff_random_sampling_rate=float(cfg.registration_sampling),
-                aff_iterations=tuple(int(i) for i in cfg.registration_iterations),
-                aff_shrink_factors=tuple(int(s) for s in cfg.registration_shrink),
-                aff_smoothing_sigmas=tuple(float(s) for s in cfg.registration_smoothing),
+                aff_iterations=tuple(int(i) for i in iterations),
+                aff_shrink_factors=tuple(int(s) for s in shrink),
+                aff_smoothing_sigmas=tuple(float(s) for s in smoothing),
                 outprefix=str(folder / "x_"))
         to_fixed = read_itk_transform(Path(result["fwdtransforms"][0]))
     finally:
