@@ -149,8 +149,7 @@ def run_demo(outdir: Path, n_train: int, n_held_out: int, seed: int, nprocs: int
     if code not in (0, 1):
         return code
     if code == 1:
-        print("participant level exit 1: the units listed above could not be processed (the "
-              "simulator includes PET scans with no MRI within 365 days on purpose); "
+        print("participant level exit 1: the units listed above could not be processed; "
               "the group level uses the others")
 
     start = _step(f"3/4 group level --stage all ({BACKBONE}, short schedule)")

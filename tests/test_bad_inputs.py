@@ -190,3 +190,15 @@ def test_pet_without_mri_and_mri_without_pet(fakes: None, bids: Path, tmp_path: 
     assert all(p.is_file() for p in mri_files(out, "002", "d0502"))
     assert all(p.is_file() for p in pet_files(out, "002", "d0143", "AV45"))
     assert "no usable MRI" in (out / "sub-001.html").read_text()
+
+
+def test_pet_outside_the_pairing_window_is_skipped_not_failed(fakes: None, bids: Path,
+                                                              tmp_path: Path) -> None:
+    """Longitudinal cohorts have PET far from any MRI: the cohort excludes them, no failure."""
+    out = tmp_path / "out"
+    cfg = tmp_path / "narrow.toml"
+    cfg.write_text("[cohort]\npair_window_days = 1\n")  # simulated MRI and PET are days apart
+    assert run(bids, out, "--config", str(cfg)) == 0
+    assert not list(out.glob("sub-*/ses-*/pet/*_pet.nii.gz"))
+    assert not list(out.glob("sub-*/log/*trc-*.log"))
+    assert list(out.glob("sub-*/ses-*/anat/*_desc-preproc_T1w.nii.gz"))

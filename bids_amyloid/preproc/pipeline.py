@@ -56,6 +56,7 @@ from bids_amyloid.io import atomic_path, remove_stale_temporaries, write_json, w
 from bids_amyloid.options import RunOptions
 
 LOG = logging.getLogger(__name__)
+OUT_OF_WINDOW = "no_mri_within_window"  # pairing reason code of bids.pair_one
 PET_CONTRAST = "T1w"  # PET is registered through its MRI session's T1w
 
 
@@ -746,6 +747,10 @@ def run_participant(opts: RunOptions, cfg: AppConfig) -> int:
     pets: dict[tuple[str, str], list[PetJob]] = {}
     orphans: list[UnitResult] = []
     for scan, mri, reason in pair_pet_with_mri(inv, (PET_CONTRAST,), cfg.cohort.pair_window_days):
+        if mri is None and reason.startswith(OUT_OF_WINDOW):
+            # expected in longitudinal cohorts: the cohort stage excludes it with this reason
+            LOG.warning("PET %s skipped, not an error: %s", scan.path, reason)
+            continue
         if mri is None:
             error = f"PET {scan.path}: no usable MRI to register it to ({reason})"
             if opts.session_labels:
