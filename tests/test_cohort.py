@@ -36,26 +36,25 @@ from tests.bids_builders import BidsBuilder, simple_dataset
 D0 = datetime.date(2015, 3, 1)
 
 
+def dated(ses: str, day: int | None, offset: bool) -> tuple[datetime.date | None, str]:
+    """A test date and its source: calendar days from D0, or an OASIS day offset."""
+    if day is None:
+        return None, "no date: nothing"
+    if offset:
+        return DAY_OFFSET_EPOCH + datetime.timedelta(days=day), f"day offset ses-{ses}"
+    return D0 + datetime.timedelta(days=day), "sessions.tsv acq_time"
+
+
 def mri(sub: str, ses: str, day: int | None, contrasts=("T1w",), offset: bool = False
         ) -> MRISession:
-    if day is None:
-        date, source = None, "no date: nothing"
-    elif offset:
-        date, source = DAY_OFFSET_EPOCH + datetime.timedelta(days=day), f"day offset ses-{ses}"
-    else:
-        date, source = D0 + datetime.timedelta(days=day), "sessions.tsv acq_time"
+    date, source = dated(ses, day, offset)
     return MRISession(sub, ses, date, source, {c: Path(f"/x/sub-{sub}_ses-{ses}_{c}.nii.gz")
                                                for c in contrasts})
 
 
 def pet(sub: str, ses: str, day: int | None, cl: float | None = 30.0, tracer: str = "AV45",
         note: str = "sessions.tsv centiloid", offset: bool = False) -> PETScan:
-    if day is None:
-        date, source = None, "no date: nothing"
-    elif offset:
-        date, source = DAY_OFFSET_EPOCH + datetime.timedelta(days=day), f"day offset ses-{ses}"
-    else:
-        date, source = D0 + datetime.timedelta(days=day), "sessions.tsv acq_time"
+    date, source = dated(ses, day, offset)
     return PETScan(sub, ses, tracer, date, source,
                    Path(f"/x/sub-{sub}_ses-{ses}_trc-{tracer}_pet.nii.gz"), cl, note)
 
