@@ -1,11 +1,17 @@
 """Evaluation: the F1-maximising threshold τ, binary metrics, AUC with a subject bootstrap.
 
+One library layer for the group level (validation and test of a run) and the
+predict level (scoring predictions against Centiloid labels): both build their
+``metrics.tsv`` rows with :func:`metrics_row`, so the columns are the same.
+
 Example
 -------
 >>> labels = [0, 0, 1, 1]
 >>> probs = [0.1, 0.4, 0.35, 0.8]
 >>> binary_metrics(labels, probs, 0.5)["recall"]
 0.5
+>>> binary_metrics(labels, probs, 0.9)["precision"]  # nothing predicted positive
+nan
 >>> round(best_threshold(labels, probs), 3) < 0.35
 True
 """
@@ -30,8 +36,8 @@ def _arrays(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.nd
     return y, p
 
 
-def _safe_div(num: float, den: float) -> float:
-    return float(num / den) if den > 0 else 0.0
+def _ratio(num: float, den: float, empty: float) -> float:
+    return float(num / den) if den > 0 else empty
 
 
 def binary_metrics(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
@@ -39,7 +45,9 @@ def binary_metrics(labels: Sequence[float] | np.ndarray, probs: Sequence[float] 
     """F1, accuracy, precision, recall, sensitivity, specificity and NPV at ``threshold``.
 
     A sample is predicted positive if its probability is strictly above the
-    threshold. Undefined ratios (no predicted positives …) are reported as 0.
+    threshold. Precision with no predicted positive and NPV with no predicted
+    negative are undefined: NaN (written ``n/a``). Recall, specificity and F1
+    with an empty denominator (a class absent from ``labels``) are 0.
     """
     y, p = _arrays(labels, probs)
     pred = p > threshold
@@ -47,16 +55,15 @@ def binary_metrics(labels: Sequence[float] | np.ndarray, probs: Sequence[float] 
     fp = float(np.sum(pred & (y == 0)))
     tn = float(np.sum(~pred & (y == 0)))
     fn = float(np.sum(~pred & (y == 1)))
-    precision = _safe_div(tp, tp + fp)
-    recall = _safe_div(tp, tp + fn)
+    recall = _ratio(tp, tp + fn, 0.0)
     return {
-        "f1": _safe_div(2 * precision * recall, precision + recall),
-        "accuracy": _safe_div(tp + tn, y.size),
-        "precision": precision,
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn, 0.0),  # = 2PR/(P+R) where both are defined
+        "accuracy": _ratio(tp + tn, y.size, 0.0),
+        "precision": _ratio(tp, tp + fp, float("nan")),
         "recall": recall,
         "sensitivity": recall,
-        "specificity": _safe_div(tn, tn + fp),
-        "npv": _safe_div(tn, tn + fn),
+        "specificity": _ratio(tn, tn + fp, 0.0),
+        "npv": _ratio(tn, tn + fn, float("nan")),
     }
 
 
@@ -123,13 +130,19 @@ def auc_with_ci(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | n
     return point, float(low), float(high)
 
 
-def evaluation_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                   subjects: Sequence[str], tau: float, n_boot: int = 1000, seed: int = 42
-                   ) -> dict[str, float]:
-    """One row of ``metrics.tsv``: metrics at 0.5 and at τ, AUC with its CI."""
+def metrics_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
+                subjects: Sequence[str], tau: float, n_boot: int = 1000, seed: int = 42
+                ) -> dict[str, float]:
+    """One row of a ``metrics.tsv`` (group and predict level): counts, AUC with its CI, metrics.
+
+    Columns: ``n`` (samples), ``n_subjects``, ``n_positive``, ``auc``,
+    ``auc_ci_low``, ``auc_ci_high``, ``threshold`` (τ), then every
+    :data:`METRIC_NAMES` entry at 0.5 (``f1@0.5`` …) and at τ (``f1@tau`` …).
+    """
     y, p = _arrays(labels, probs)
     value, low, high = auc_with_ci(y, p, subjects, n_boot=n_boot, seed=seed)
-    row: dict[str, float] = {"n": float(y.size), "n_positive": float(y.sum()),
+    row: dict[str, float] = {"n": float(y.size), "n_subjects": float(len(set(subjects))),
+                             "n_positive": float(y.sum()),
                              "auc": value, "auc_ci_low": low, "auc_ci_high": high,
                              "threshold": float(tau)}
     for name, thr in (("0.5", 0.5), ("tau", tau)):
@@ -151,8 +164,8 @@ def evaluation_table(predictions: pd.DataFrame, taus: dict[str, float], n_boot: 
     """
     rows = []
     for (model, split), group in predictions.groupby(["model", "split"], sort=False):
-        row = evaluation_row(group["label"].to_numpy(), group["probability"].to_numpy(),
-                             group["participant_id"].astype(str).tolist(), taus[str(model)],
-                             n_boot=n_boot, seed=seed)
+        row = metrics_row(group["label"].to_numpy(), group["probability"].to_numpy(),
+                          group["participant_id"].astype(str).tolist(), taus[str(model)],
+                          n_boot=n_boot, seed=seed)
         rows.append({"model": model, "split": split, **row})
     return pd.DataFrame(rows)
