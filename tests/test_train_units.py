@@ -331,3 +331,67 @@ def test_distill_net_keeps_teacher_frozen_in_eval_mode():
     assert all(p.grad is None for p in teacher.parameters())
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
     assert float(out["feature_kd"]) >= 0 and float(out["logit_kd"]) > 0
+
+
+# -- the loop: phase-2 warm restarts count epochs ---------------------------------------------
+class _LinearTask:
+    """The smallest task the loop runs: a 2→1 linear model, phase 2's optimiser and scheduler."""
+
+    name, max_epochs, patience, accumulation = "contrastive", 16, 100, 2
+    selections, tie_breaks, scheduler_mode = ("score",), {}, "step"
+
+    def __init__(self) -> None:
+        from bids_amyloid.config import AppConfig
+
+        self.cfg = AppConfig()
+        self.model = torch.nn.Linear(2, 1)
+        self.net = self
+
+    def __call__(self, batch):
+        loss = torch.nn.functional.mse_loss(self.model(batch["x"]).squeeze(-1), batch["label"])
+        return {"loss": loss}
+
+    def make_optimizer(self):
+        return torch.optim.AdamW([{"name": "all", "params": self.model.parameters(), "lr": 1e-3}])
+
+    def make_scheduler(self, optimizer):
+        from types import SimpleNamespace
+
+        from bids_amyloid.train.phases import ContrastivePhase
+
+        return ContrastivePhase.make_scheduler(SimpleNamespace(ctx=SimpleNamespace(cfg=self.cfg)),
+                                               optimizer)
+
+    def clip(self, epoch):
+        return 1.0
+
+    def schedule_values(self, epoch):
+        return {}
+
+    def train_mode(self):
+        self.model.train()
+
+    def prepare(self, batch, epoch, rngs):
+        return batch
+
+    def validate(self, epoch):
+        return {"score": float(epoch)}
+
+
+def test_phase2_warm_restarts_count_epochs_not_steps(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog
+
+    data = [{"x": torch.randn(2), "label": torch.tensor(float(i % 2))} for i in range(14)]
+    loader = DataLoader(data, batch_size=2)          # 7 batches → 4 optimiser steps per epoch
+    trainer = Trainer(_LinearTask(), loader, LoopSettings(device=torch.device("cpu"), amp=False),
+                      tmp_path, TrainingLog(None))
+    history = trainer.fit().history
+    # T_0 = 5 epochs, T_mult = 2: restarts at epochs 0, 5 and 15; (epochs into the cycle, cycle length)
+    cycle = [(e, 5) for e in range(5)] + [(e, 10) for e in range(10)] + [(0, 20)]
+    base, eta = 1e-3, 1e-7
+    expected = [eta + (base - eta) * (1 + math.cos(math.pi * t / length)) / 2
+                for t, length in cycle]
+    assert [row["lr_all"] for row in history] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert history[10]["lr_all"] == pytest.approx((base + eta) / 2)   # half-way through cycle 2

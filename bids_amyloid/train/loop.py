@@ -51,7 +51,9 @@ class Task(Protocol):
     accumulation: int
     selections: tuple[str, ...]  # validation keys to maximise; the first drives early stopping
     tie_breaks: dict[str, str]   # selection key → validation key that breaks its ties
-    scheduler_mode: str          # "step", "epoch", "plateau" or "none"
+    scheduler_mode: str          # "step" (after each optimiser step, given the fractional
+                                 # epoch reached, so periods count epochs), "epoch", "plateau"
+                                 # or "none"
 
     def make_optimizer(self) -> torch.optim.Optimizer: ...
     def make_scheduler(self, optimizer: torch.optim.Optimizer) -> Any: ...
@@ -282,7 +284,8 @@ class Trainer:
         gen = torch.Generator(device=dev if dev.type == "cuda" else "cpu").manual_seed(seed)
         return EpochRNG(augment=gen, mining=np.random.default_rng(seed))
 
-    def _step(self, clip: float) -> torch.Tensor:
+    def _step(self, clip: float, progress: float) -> torch.Tensor:
+        """One optimiser step; ``progress`` is the fractional epoch reached after it."""
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -290,7 +293,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.task.scheduler_mode == "step" and self.scheduler is not None:
-            self.scheduler.step()
+            self.scheduler.step(progress)
         return norm.detach()
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
@@ -330,7 +333,7 @@ class Trainer:
                 if bool(bad):
                     raise FloatingPointError(f"{task.name} epoch {epoch}: the loss is not finite "
                                              f"(batch {i}); lower the learning rate or check inputs")
-                norms.append(self._step(clip))
+                norms.append(self._step(clip, epoch + (i + 1) / n))
             size = int(batch["label"].shape[0])
             samples += size
             for key, value in out.items():
