@@ -24,8 +24,11 @@ from bids_amyloid.sim.anatomy import Anatomy, apply_atrophy, build_anatomy
 from bids_amyloid.sim.geometry import ORIENTATIONS, Pose, native_grid, random_pose, sample
 from bids_amyloid.sim.imaging import pet_activity, suvr_from_centiloid, synth_mri, synth_pet
 from bids_amyloid.sim.plan import (
+    THINNING_SESSION_SD,
+    VENTRICLE_SESSION_SD,
     SessionPlan,
     SubjectPlan,
+    mri_amyloid_signal,
     plan_cohort,
     thinning,
     ventricle_growth,
@@ -132,8 +135,9 @@ def _simulate_session(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPla
     rng = np.random.default_rng([seed, 2, plan.index, ses.day])
     age = plan.age_at(ses.day)
     latent = plan.centiloid(ses.day)
-    thin = thinning(age, latent, plan.thinning_offset + rng.normal(0.0, 0.01))
-    vent = ventricle_growth(age, latent, plan.ventricle_offset + rng.normal(0.0, 0.2))
+    thin = thinning(age, latent, plan.thinning_offset + rng.normal(0.0, THINNING_SESSION_SD))
+    vent = ventricle_growth(age, latent, plan.ventricle_offset
+                            + rng.normal(0.0, VENTRICLE_SESSION_SD))
     morph = apply_atrophy(anat, thin, vent)
     pose = random_pose(rng, anat.centroid, plan.head_scale)
     when = plan.first_date.toordinal() + ses.day
@@ -144,7 +148,9 @@ def _simulate_session(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPla
         "acq_time": f"{_iso_date(when)}T{hour:02d}:{int(rng.integers(0, 60)):02d}:00",
         "age": round(age, 2), "sex": plan.sex, "head_scale": round(plan.head_scale, 4),
         "amyloid_group": "positive" if plan.positive else "negative",
-        "latent_centiloid": round(latent, 2), "cortical_thinning": round(thin, 4),
+        "latent_centiloid": round(latent, 2),
+        "mri_amyloid_signal": round(mri_amyloid_signal(latent), 5),
+        "cortical_thinning": round(thin, 4),
         "ventricle_growth_mm": round(vent, 3), "rotation_deg": round(pose.angle_deg, 3),
         "translation_mm": round(float(np.linalg.norm(pose.translation)), 3),
         "contrasts": ",".join(ses.contrasts) if ses.contrasts else None,
@@ -153,6 +159,7 @@ def _simulate_session(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPla
     common = {"participant_id": row["participant_id"], "session_id": row["session_id"],
               "acq_time": row["acq_time"],
               "age": row["age"], "latent_centiloid": row["latent_centiloid"],
+              "mri_amyloid_signal": row["mri_amyloid_signal"],
               "cortical_thinning": thin, "ventricle_growth_mm": vent}
     if ses.kind == "mri":
         for contrast in ses.contrasts:

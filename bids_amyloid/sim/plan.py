@@ -46,15 +46,35 @@ class SubjectPlan:
         return self.age + day / 365.25
 
 
+#: Subject-level nuisance (sd) of cortical thinning (fraction) and ventricle growth (mm).
+THINNING_OFFSET_SD = 0.04
+VENTRICLE_OFFSET_SD = 0.8
+#: Session-level nuisance (sd) of the same two quantities.
+THINNING_SESSION_SD = 0.01
+VENTRICLE_SESSION_SD = 0.2
+
+
+def mri_amyloid_signal(centiloid: float) -> float:
+    """The amyloid quantity the MRI changes derive from: Centiloid clipped to 0–120, / 100.
+
+    Cortical thinning and ventricle growth are linear in it (plus age and
+    nuisance); nothing else of amyloid reaches the simulated MRI.
+
+    >>> mri_amyloid_signal(-5.0), mri_amyloid_signal(50.0), mri_amyloid_signal(300.0)
+    (0.0, 0.5, 1.2)
+    """
+    return float(np.clip(centiloid, 0.0, 120.0) / 100.0)
+
+
 def thinning(age: float, centiloid: float, offset: float) -> float:
     """Cortical thinning (fraction of CSF-adjacent GM lost): age, amyloid, nuisance."""
-    amyloid = np.clip(centiloid, 0.0, 120.0) / 100.0
+    amyloid = mri_amyloid_signal(centiloid)
     return float(np.clip(0.06 + 0.004 * (age - 70.0) + 0.10 * amyloid + offset, 0.0, 0.45))
 
 
 def ventricle_growth(age: float, centiloid: float, offset: float) -> float:
     """Ventricle enlargement (mm of growth into surrounding tissue)."""
-    amyloid = np.clip(centiloid, 0.0, 120.0) / 100.0
+    amyloid = mri_amyloid_signal(centiloid)
     return float(np.clip(0.6 + 0.08 * (age - 70.0) + 1.6 * amyloid + offset, 0.0, 5.0))
 
 
@@ -84,8 +104,9 @@ def _plan_subject(index: int, positive: bool, seed: int, size: str) -> SubjectPl
     first = dt.date(2005, 1, 1) + dt.timedelta(days=int(rng.integers(0, 3650)))
     return SubjectPlan(label=f"{index + 1:03d}", index=index, sex=sex, age=round(age, 1),
                        head_scale=scale, positive=positive, cl0=float(cl0),
-                       cl_slope=float(slope), thinning_offset=float(rng.normal(0.0, 0.04)),
-                       ventricle_offset=float(rng.normal(0.0, 0.8)), first_date=first,
+                       cl_slope=float(slope),
+                       thinning_offset=float(rng.normal(0.0, THINNING_OFFSET_SD)),
+                       ventricle_offset=float(rng.normal(0.0, VENTRICLE_OFFSET_SD)), first_date=first,
                        sessions=sessions)
 
 
