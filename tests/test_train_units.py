@@ -45,13 +45,14 @@ def test_contrastive_terms_hand_values():
     # d(a,p) = [0, 1]; d(a,n) = [sqrt 2, 2] → relu(0 - 1.414 + 1)=0, relu(1 - 2 + 1)=0
     assert float(out["triplet"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["bce"]) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(out["norm"]) == pytest.approx((1 + 1 + 1 + 2 + 1 + 1) / 6, rel=1e-6)
+    # mean‖a‖ + mean‖p‖ + mean‖n‖ = (1+1)/2 + (1+2)/2 + (1+1)/2 = 3.5 (a sum of three means)
+    assert float(out["norm"]) == pytest.approx(3.5, rel=1e-6)
     # anchors orthogonal: off-diagonal cosine 0 → no collapse penalty
     assert float(out["collapse"]) == pytest.approx(0.0, abs=1e-6)
     # cos(a, n) = [0, -1] → mean −0.5 → relu(−0.4) = 0
     assert float(out["neg_cos"]) == pytest.approx(0.0, abs=1e-6)
     assert float(out["valid"]) == 1.0
-    total = math.log(2) + 0.01 * 7 / 6
+    total = math.log(2) + 0.01 * 3.5
     assert float(out["loss"]) == pytest.approx(total, rel=1e-6)
 
 

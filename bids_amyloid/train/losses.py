@@ -41,9 +41,11 @@ def contrastive_terms(anchor: Tensor, positive: Tensor, negative: Tensor, logits
                       negative_cos_weight: float = 0.5) -> dict[str, Tensor]:
     """Phase-2 loss and its parts.
 
-    ``loss = triplet + bce + norm_weight·mean‖·‖ + s·[relu(c_aa − 0.5) + 0.5·relu(c_an + 0.1)]``
+    ``loss = triplet + bce + norm_weight·(mean‖a‖ + mean‖p‖ + mean‖n‖)
+    + s·[relu(c_aa − 0.5) + 0.5·relu(c_an + 0.1)]``
     with the Euclidean triplet loss ``mean relu(d(a,p) − d(a,n) + margin)``,
-    the mean L2 norm over anchors, positives and negatives, ``c_aa`` the mean
+    the sum of the mean L2 norms of anchors, positives and negatives (as the
+    reference code: a sum of three means, not their mean), ``c_aa`` the mean
     off-diagonal cosine between anchors and ``c_an`` the mean cosine between
     each anchor and its negative.
 
@@ -57,7 +59,7 @@ def contrastive_terms(anchor: Tensor, positive: Tensor, negative: Tensor, logits
     d_an = (anchor - negative).norm(dim=1)
     triplet = F.relu(d_ap - d_an + margin).mean()
     bce = bce_loss(logits, labels)
-    norm = torch.cat([anchor.norm(dim=1), positive.norm(dim=1), negative.norm(dim=1)]).mean()
+    norm = anchor.norm(dim=1).mean() + positive.norm(dim=1).mean() + negative.norm(dim=1).mean()
     collapse = F.relu(_mean_offdiag_cosine(anchor) - collapse_threshold)
     neg_cos = F.relu(F.cosine_similarity(anchor, negative, dim=1).mean() + negative_cos_offset)
     penalty = s * (collapse + negative_cos_weight * neg_cos)
