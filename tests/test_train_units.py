@@ -228,27 +228,46 @@ def test_weighted_sampler_balances_and_shards():
 
 
 # -- augmentation ---------------------------------------------------------------------------
-def test_augment_identical_parameters_within_a_sample():
-    base = torch.rand(3, 1, 24, 24)
-    images = {"mri:T1w": base.repeat(1, 4, 1, 1), "pet": base.repeat(1, 4, 1, 1).clone()}
-    out = augment_sample_images(images, AugmentConfig(noise_p=0.0),
-                                torch.Generator().manual_seed(0))
-    assert torch.equal(out["mri:T1w"], out["pet"])
-    assert torch.equal(out["pet"][:, :1].expand(-1, 4, -1, -1), out["pet"])
+def test_augment_one_draw_per_slice_shared_by_its_mri_contrasts_and_pet():
+    base = 0.1 + 0.8 * torch.rand(3, 1, 24, 24)      # every slice of a sample is the same image
+    images = {k: base.repeat(1, 4, 1, 1).clone() for k in ("mri:T1w", "mri:T2w", "pet")}
+    cfg = AugmentConfig(noise_p=0.0, brightness=0.0, contrast=0.0)  # no per-pixel noise
+    out = augment_sample_images(images, cfg, torch.Generator().manual_seed(0),
+                                clamped=("mri:T1w", "mri:T2w"))
+    # slice j of the MRI contrasts and of the PET got one draw: they stay identical
+    assert torch.equal(out["mri:T1w"], out["pet"]) and torch.equal(out["mri:T2w"], out["pet"])
     assert not torch.allclose(out["pet"], images["pet"])
-    # different samples get different parameters
+    # each slice has its own draw: identical input slices come out different
+    for j in range(1, 4):
+        for i in range(3):
+            assert not torch.allclose(out["pet"][i, 0], out["pet"][i, j]), (i, j)
     assert not torch.allclose(out["pet"][0], out["pet"][1])
+
+
+def test_augment_clamps_mri_but_never_pet():
+    mri = torch.rand(2, 3, 20, 20)
+    pet = 3.0 * torch.rand(2, 3, 20, 20)             # scaled SUVR goes well above 1
+    cfg = AugmentConfig(noise_p=1.0, gamma_p=1.0, erase_p=0.0)
+    out = augment_sample_images({"mri:T1w": mri, "pet": pet}, cfg,
+                                torch.Generator().manual_seed(1), clamped=("mri:T1w",))
+    assert float(out["mri:T1w"].min()) >= 0.0 and float(out["mri:T1w"].max()) <= 1.0
+    assert float(out["pet"].max()) > 2.0               # high uptake is not cut at 1
+    assert float(out["pet"].min()) < 0.0               # noise below 0 is kept too
+    assert bool(torch.isfinite(out["pet"]).all())      # gamma of a negative value stays finite
+    with pytest.raises(ValueError, match="not image sets"):
+        augment_sample_images({"pet": pet}, cfg, torch.Generator(), clamped=("mri:T1w",))
 
 
 def test_augment_range_shape_and_reproducible():
     x = torch.rand(4, 6, 20, 20)
     cfg = AugmentConfig(erase_p=1.0, noise_p=1.0, blur_p=1.0, gamma_p=1.0)
-    a = augment_stack(x, cfg, torch.Generator().manual_seed(5))
-    b = augment_stack(x, cfg, torch.Generator().manual_seed(5))
+    bounded = torch.ones(6, dtype=torch.bool)
+    a = augment_stack(x, cfg, torch.Generator().manual_seed(5), bounded)
+    b = augment_stack(x, cfg, torch.Generator().manual_seed(5), bounded)
     assert a.shape == x.shape and torch.equal(a, b)
     assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
-    assert (a == 0).flatten(1).any(dim=1).all()  # every sample has an erased box
-    assert torch.equal(augment_stack(x, AugmentConfig(enabled=False), torch.Generator()), x)
+    assert (a == 0).flatten(1).any(dim=1).all()  # every row has an erased box
+    assert torch.equal(augment_stack(x, AugmentConfig(enabled=False), torch.Generator(), bounded), x)
 
 
 # -- data -----------------------------------------------------------------------------------

@@ -1,27 +1,38 @@
-"""Batched augmentation with identical parameters for every image of a sample.
+"""Batched augmentation: one parameter draw per slice, shared by that slice's images.
 
-A sample's images — every MRI contrast's slices and the PET slices — are
-stacked as channels of one ``(B, N, H, W)`` tensor, so one draw of parameters
-per sample moves them together (the pair stays aligned). All operations are
+:func:`augment_sample_images` takes a batch's image sets — every MRI
+contrast's slices and the PET slices, each ``(B, S, H, W)`` — and augments
+slice ``j`` of a sample with one draw of parameters shared by that slice's
+MRI contrasts and its PET (so the pair stays aligned), while every slice
+gets its own draw (the protocol; the reference code transforms each
+MRI/PET slice pair with its own seed). Internally the slices become rows of
+one ``(B·S, K, H, W)`` tensor for :func:`augment_stack`. All operations are
 tensor ops on the batch's device; nothing loops over images.
+
+Values: MRI is in [0, 1] and is clamped back to it after the intensity
+steps; PET is scaled SUVR, unbounded above, and is never clamped (a clamp
+would cut high uptake in training that evaluation sees uncut).
 
 DESIGN.md values (``AugmentConfig``): affine ±7°, translate 5 %, scale
 0.95–1.05; brightness/contrast ±0.1; Gaussian blur k=3 (σ ∈ [0.1, 2]) p=0.3;
-gamma U[0.9, 1.1] p=0.5; Gaussian noise σ ∈ U[0.01, 0.03] p=0.5, clamp [0, 1];
-random erasing p=0.25 of 5–12 % of the area (aspect 0.3–3.3), value 0.
+gamma U[0.9, 1.1] p=0.5; Gaussian noise σ ∈ U[0.01, 0.03] p=0.5; random
+erasing p=0.25 of 5–12 % of the area (aspect 0.3–3.3), value 0.
 
 Example
 -------
 >>> import torch
 >>> from bids_amyloid.config import AugmentConfig
->>> x = torch.rand(2, 5, 16, 16)
->>> augment_stack(x, AugmentConfig(), torch.Generator().manual_seed(0)).shape
-torch.Size([2, 5, 16, 16])
+>>> mri, pet = torch.rand(2, 5, 16, 16), 2.5 * torch.rand(2, 5, 16, 16)
+>>> out = augment_sample_images({"mri:T1w": mri, "pet": pet}, AugmentConfig(),
+...                             torch.Generator().manual_seed(0), clamped=("mri:T1w",))
+>>> out["pet"].shape, float(out["mri:T1w"].max()) <= 1.0
+(torch.Size([2, 5, 16, 16]), True)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +51,7 @@ def _coin(n: int, p: float, gen: torch.Generator, device: torch.device) -> Tenso
 
 
 def affine(x: Tensor, angle_deg: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """Rotate/translate/scale each sample's images by its own parameters (bilinear, zero pad).
+    """Rotate/translate/scale each row's images by its own parameters (bilinear, zero pad).
 
     ``shift`` is (B, 2) as a fraction of width/height.
     """
@@ -60,7 +71,7 @@ def brightness_contrast(x: Tensor, brightness: Tensor, contrast: Tensor) -> Tens
 
 
 def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
-    """Blur with a per-sample Gaussian of width ``sigma`` (reflect padding)."""
+    """Blur with a per-row Gaussian of width ``sigma`` (reflect padding)."""
     b, n, h, w = x.shape
     r = torch.arange(kernel, device=x.device, dtype=x.dtype) - (kernel - 1) / 2
     k1 = torch.exp(-(r[None, :] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
@@ -74,7 +85,7 @@ def gaussian_blur(x: Tensor, sigma: Tensor, kernel: int) -> Tensor:
 
 def erase_mask(shape: torch.Size, area: Tensor, log_ratio: Tensor, u: Tensor, v: Tensor
                ) -> Tensor:
-    """(B, 1, H, W) True inside each sample's rectangle (area fraction, log aspect, position)."""
+    """(B, 1, H, W) True inside each row's rectangle (area fraction, log aspect, position)."""
     _, _, h, w = shape
     ratio = torch.exp(log_ratio)
     eh = torch.clamp(torch.sqrt(area * h * w * ratio).round(), 1, h)
@@ -88,32 +99,43 @@ def erase_mask(shape: torch.Size, area: Tensor, log_ratio: Tensor, u: Tensor, v:
     return (in_r[:, :, None] & in_c[:, None, :])[:, None]
 
 
-def augment_stack(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor:
-    """Augment ``x`` (B, N, H, W), values in [0, 1], with one parameter draw per sample.
+def _bounded(x: Tensor, clamp: Tensor) -> Tensor:
+    """Clamp the channels flagged in ``clamp`` (K,) to [0, 1]; leave the others as they are."""
+    return torch.where(clamp.view(1, -1, 1, 1), x.clamp(0, 1), x)
 
+
+def augment_stack(x: Tensor, cfg: AugmentConfig, gen: torch.Generator, clamp: Tensor) -> Tensor:
+    """Augment ``x`` (R, K, H, W) with one parameter draw per row, shared by its K images.
+
+    ``clamp`` (bool, K) flags the images bounded to [0, 1] (MRI): they are
+    clamped after the intensity steps; the others (PET) never are, and gamma
+    keeps their sign (``sign(x)·|x|^γ``) where noise or contrast made them negative.
     Random numbers come from ``gen``; give it the batch's device to keep the
     work there (a CPU generator gives the same draws whatever the device).
     """
     if not cfg.enabled:
         return x
     b, dev = x.shape[0], x.device
+    clamp = torch.as_tensor(clamp, dtype=torch.bool, device=dev)
+    if clamp.shape != (x.shape[1],):
+        raise ValueError(f"clamp flags {tuple(clamp.shape)} do not match {x.shape[1]} images per row")
     angle = _uniform(b, -cfg.rotate_deg, cfg.rotate_deg, gen, dev)
     shift = torch.stack([_uniform(b, -cfg.translate, cfg.translate, gen, dev) for _ in (0, 1)], 1)
     scale = _uniform(b, cfg.scale[0], cfg.scale[1], gen, dev)
     x = affine(x, angle, shift, scale)
     bright = _uniform(b, 1 - cfg.brightness, 1 + cfg.brightness, gen, dev)
     contr = _uniform(b, 1 - cfg.contrast, 1 + cfg.contrast, gen, dev)
-    x = brightness_contrast(x, bright, contr).clamp(0, 1)
+    x = _bounded(brightness_contrast(x, bright, contr), clamp)
     blur_on = _coin(b, cfg.blur_p, gen, dev).view(-1, 1, 1, 1)
     sigma = _uniform(b, 0.1, 2.0, gen, dev)
     x = torch.where(blur_on, gaussian_blur(x, sigma, cfg.blur_kernel), x)
     gamma_on = _coin(b, cfg.gamma_p, gen, dev).view(-1, 1, 1, 1)
     gamma = _uniform(b, cfg.gamma[0], cfg.gamma[1], gen, dev).view(-1, 1, 1, 1)
-    x = torch.where(gamma_on, x.clamp_min(0) ** gamma, x)
+    x = torch.where(gamma_on, x.sign() * x.abs() ** gamma, x)
     noise_on = _coin(b, cfg.noise_p, gen, dev).view(-1, 1, 1, 1)
     std = _uniform(b, cfg.noise_std[0], cfg.noise_std[1], gen, dev).view(-1, 1, 1, 1)
     noise = torch.randn(x.shape, generator=gen, device=gen.device).to(dev, x.dtype) * std
-    x = torch.where(noise_on, x + noise, x).clamp(0, 1)
+    x = _bounded(torch.where(noise_on, x + noise, x), clamp)
     erase_on = _coin(b, cfg.erase_p, gen, dev).view(-1, 1, 1, 1)
     area = _uniform(b, cfg.erase_scale[0], cfg.erase_scale[1], gen, dev)
     log_ratio = _uniform(b, math.log(0.3), math.log(3.3), gen, dev)
@@ -122,10 +144,25 @@ def augment_stack(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor
     return torch.where(erase_on & mask, torch.zeros_like(x), x)
 
 
-def augment_sample_images(images: dict[str, Tensor], cfg: AugmentConfig, gen: torch.Generator
-                          ) -> dict[str, Tensor]:
-    """Augment several (B, S, H, W) image sets of the same samples with shared parameters."""
+def augment_sample_images(images: dict[str, Tensor], cfg: AugmentConfig, gen: torch.Generator,
+                          *, clamped: Collection[str]) -> dict[str, Tensor]:
+    """Augment image sets ``{name: (B, S, H, W)}`` of the same samples, one draw per slice.
+
+    Slice ``j`` of every set of a sample shares one parameter draw (the
+    slice's MRI contrasts and its PET move together); different slices and
+    samples get different draws. ``clamped`` names the sets bounded to
+    [0, 1] (MRI); the others (PET) are never clamped.
+    """
     names = list(images)
-    sizes = [images[k].shape[1] for k in names]
-    stacked = augment_stack(torch.cat([images[k] for k in names], dim=1), cfg, gen)
-    return dict(zip(names, torch.split(stacked, sizes, dim=1), strict=True))
+    shapes = {tuple(images[k].shape) for k in names}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 4:
+        raise ValueError("augment_sample_images: every image set must be (B, S, H, W) of one "
+                         f"shape; got {({k: tuple(v.shape) for k, v in images.items()})}")
+    unknown = sorted(set(clamped) - set(names))
+    if unknown:
+        raise ValueError(f"augment_sample_images: clamped names {unknown} are not image sets")
+    b, s, h, w = next(iter(shapes))
+    rows = torch.stack([images[k] for k in names], dim=2).reshape(b * s, len(names), h, w)
+    flags = torch.tensor([k in clamped for k in names], dtype=torch.bool)
+    out = augment_stack(rows, cfg, gen, flags).reshape(b, s, len(names), h, w)
+    return {k: out[:, :, i] for i, k in enumerate(names)}

@@ -90,8 +90,9 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 def prepare_images(batch: dict[str, Any], ctx: PhaseContext, rngs: EpochRNG | None,
                    extra: dict[str, Tensor] | None = None) -> dict[str, Any]:
-    """Move to the device, augment (if ``rngs``; one draw per sample for all its images),
-    and convert to model input (:func:`model_images`).
+    """Move to the device, augment (if ``rngs``; one draw per slice, shared by its MRI
+    contrasts and PET; MRI clamped to [0, 1], PET never), and convert to model input
+    (:func:`model_images`).
 
     ``extra`` images (e.g. a negative's PET) are augmented with their own draw.
     """
@@ -100,10 +101,11 @@ def prepare_images(batch: dict[str, Any], ctx: PhaseContext, rngs: EpochRNG | No
     if "pet" in batch:
         images["pet"] = batch["pet"].float()
     if rngs is not None and ctx.cfg.augment.enabled:
-        images = augment_sample_images(images, ctx.cfg.augment, rngs.augment)
+        images = augment_sample_images(images, ctx.cfg.augment, rngs.augment,
+                                       clamped=[k for k in images if k.startswith("mri:")])
         if extra:
             extra = augment_sample_images({k: v.to(ctx.device).float() for k, v in extra.items()},
-                                          ctx.cfg.augment, rngs.augment)
+                                          ctx.cfg.augment, rngs.augment, clamped=())
     for key, value in {**images, **(extra or {})}.items():
         model_in = ctx.images(value.to(ctx.device), ctx.cfg)
         if key.startswith("mri:"):
