@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -162,18 +161,6 @@ def test_composition_equals_sequential_resampling() -> None:
 
 
 # --- PET -------------------------------------------------------------------------------------
-
-def test_frame_average_uses_frame_durations(tmp_path: Path) -> None:
-    frames = np.stack([np.full((4, 4, 4), v, np.float32) for v in (1.0, 2.0, 4.0)], axis=-1)
-    img = nib.Nifti1Image(frames, np.eye(4))
-    sidecar = tmp_path / "x_pet.json"
-    sidecar.write_text(json.dumps({"FrameDuration": [100, 100, 200]}))
-    weights = pet.frame_weights(sidecar, 3)
-    np.testing.assert_allclose(weights, [0.25, 0.25, 0.5])
-    out = np.asarray(pet.average_frames(img, weights).dataobj)
-    np.testing.assert_allclose(out, 0.25 + 0.5 + 2.0)
-    assert pet.frame_weights(None, 3) == pytest.approx([1 / 3] * 3)
-
 
 def test_smoothing_has_the_requested_fwhm() -> None:
     data = np.zeros((41, 41, 41), np.float32)

@@ -2,11 +2,16 @@
 
 Chain (DESIGN.md, "PET preprocessing")::
 
-    4D PET ──mean of frames (weighted by FrameDuration)──▶ 3D mean
+    4D PET ──frames of the tracer's late window, rigidly realigned, mean weighted
+             by FrameDuration (preproc/frames.py)──▶ 3D mean
            ──Gaussian FWHM 8 mm (native voxels)──▶ smoothed
     mean   ──rigid → the session's skull-stripped MRI (native)──▶ pet_to_mri
            ──compose with MRI → template, one linear resampling──▶ template grid
            ──÷ mean in the GAAIN whole-cerebellum VOI──▶ SUVR
+
+The VOIs are placed on the subject by a separate affine (12 dof) registration of
+the rigidly aligned MRI to the template (``voi_registration``): the SUVR image the
+network sees stays rigid, but the reference region follows the head's size.
 
 The whole volume is divided by one number: global uptake survives (never a
 per-slice rescaling). Every PET scan is processed on its own, so a second PET
@@ -15,12 +20,12 @@ of the same MRI session (e.g. PiB and AV45) gets its own registration.
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
@@ -28,13 +33,21 @@ from scipy import ndimage
 
 from bids_amyloid.config import PreprocConfig
 from bids_amyloid.errors import InputDataError
-from bids_amyloid.preproc.register import compose, register_rigid
+from bids_amyloid.preproc.frames import (
+    FrameAverage,
+    read_timing,
+    realign_and_average,
+    select_frames,
+)
+from bids_amyloid.preproc.register import compose, register_affine, register_rigid
 from bids_amyloid.preproc.template import (
     load_gaain_voi,
     load_nifti,
     load_template,
+    load_template_mask,
     resample_array,
 )
+from bids_amyloid.tracers import normalise_tracer
 
 if TYPE_CHECKING:
     from bids_amyloid.preproc.mri import MRIResult
@@ -43,6 +56,7 @@ log = logging.getLogger(__name__)
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 MIN_REFERENCE_COVERAGE = 0.8  # fraction of the reference VOI the PET must cover
+MOTION_FLAG_MM, MOTION_FLAG_DEG = 4.0, 3.0  # frame motion worth a look (attenuation mismatch)
 
 
 @dataclass
@@ -54,34 +68,8 @@ class PETResult:
     metrics: dict[str, float] = field(default_factory=dict)
     pet_to_mri: np.ndarray = field(default_factory=lambda: np.eye(4))  # RAS PET world → MRI world
     to_template: np.ndarray = field(default_factory=lambda: np.eye(4))  # RAS PET world → template
-
-
-def frame_weights(sidecar: Path | None, n_frames: int) -> np.ndarray:
-    """Frame weights: ``FrameDuration`` from the BIDS sidecar when it fits, else equal."""
-    if sidecar is not None and sidecar.is_file():
-        try:
-            durations = json.loads(sidecar.read_text()).get("FrameDuration")
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputDataError(f"{sidecar}: unreadable PET sidecar ({err})") from err
-        if isinstance(durations, list) and len(durations) == n_frames:
-            weights = np.asarray(durations, float)
-            if np.all(np.isfinite(weights)) and np.all(weights > 0):
-                return weights / weights.sum()
-            log.warning("%s: FrameDuration not all positive; averaging frames equally", sidecar)
-    return np.full(n_frames, 1.0 / n_frames)
-
-
-def average_frames(image: nib.Nifti1Image, weights: np.ndarray | None = None) -> nib.Nifti1Image:
-    """Weighted mean over the 4th axis (a 3D image is returned as float32 unchanged)."""
-    data = np.asarray(image.dataobj, np.float32)
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim == 4:
-        w = np.full(data.shape[3], 1.0 / data.shape[3]) if weights is None else weights
-        data = np.tensordot(data, w.astype(np.float32), axes=([3], [0])).astype(np.float32)
-    elif data.ndim != 3:
-        raise ValueError(f"PET must be 3D or 4D, got shape {data.shape}")
-    return nib.Nifti1Image(data, image.affine)
+    frames: dict[str, Any] = field(default_factory=dict)  # FrameAverage.metadata(): sidecar, QC
+    voi_to_template: np.ndarray = field(default_factory=lambda: np.eye(4))  # VOI placement map
 
 
 def smooth_fwhm(image: nib.Nifti1Image, fwhm_mm: float) -> nib.Nifti1Image:
@@ -104,19 +92,92 @@ def suvr(volume: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, float]:
     return (volume / mean).astype(np.float32), mean
 
 
-def load_pet(pet: Path) -> nib.Nifti1Image:
-    """Read a PET file and average its frames (sidecar ``FrameDuration`` weights)."""
+def pet_tracer(pet: Path, sidecar_tracer: str | None) -> str | None:
+    """The PET's tracer: the sidecar's ``TracerName``, else the file name's ``trc-`` entity."""
+    if sidecar_tracer:
+        return sidecar_tracer
+    match = re.search(r"_trc-([A-Za-z0-9]+)", Path(pet).name)
+    if match:
+        try:
+            return normalise_tracer(match.group(1))
+        except ValueError:
+            return None
+    return None
+
+
+def load_pet(pet: Path, cfg: PreprocConfig, threads: int = 1,
+             work: Path | None = None) -> FrameAverage:
+    """Read a PET file; select its window's frames, realign and average them.
+
+    See :mod:`bids_amyloid.preproc.frames` for the window, the policy and the
+    3D case. Raises InputDataError naming ``pet`` when it is unusable.
+    """
     try:
         img = load_nifti(pet)
-        frames = img.shape[3] if len(img.shape) == 4 else 1
-        sidecar = Path(str(pet).removesuffix(".gz").removesuffix(".nii") + ".json")
-        mean = average_frames(img, frame_weights(sidecar, frames) if frames > 1 else None)
     except (OSError, ValueError, EOFError) as err:
         raise InputDataError(f"{pet}: cannot read PET image ({err})") from err
-    data = np.asarray(mean.dataobj)
+    if len(img.shape) not in (3, 4):
+        raise InputDataError(f"{pet}: PET must be 3D or 4D, got shape {img.shape}")
+    sidecar = Path(str(pet).removesuffix(".gz").removesuffix(".nii") + ".json")
+    meta, tracer = read_timing(sidecar)
+    n_frames = img.shape[3] if len(img.shape) == 4 else 1
+    selection = select_frames(meta, n_frames, pet_tracer(pet, tracer), cfg, source=str(pet))
+    try:
+        average = realign_and_average(img, selection, cfg, threads=threads, work=work,
+                                      realign=cfg.pet_realign)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputDataError(f"{pet}: cannot read PET image ({err})") from err
+    data = np.asarray(average.image.dataobj)
     if not np.isfinite(data).all() or not (data > 0).any():
         raise InputDataError(f"{pet}: PET has no positive finite values (empty or NaN)")
-    return mean
+    return average
+
+
+def place_vois(mri: MRIResult, cfg: PreprocConfig, threads: int = 1,
+               work: Path | None = None) -> tuple[np.ndarray, float]:
+    """Map from the rigid template space of ``mri`` to the template, for the VOIs only.
+
+    ``cfg.voi_registration == "affine"``: a 12-dof ANTs registration of the
+    rigidly aligned MRI (``mri.mni_image``) to the template, so the GAAIN VOIs
+    follow the subject's head size and shape; ``"rigid"``: identity (the VOIs
+    sit where the template has them). Returns the 4x4 map and its seconds.
+    """
+    if cfg.voi_registration == "rigid":
+        return np.eye(4), 0.0
+    if cfg.voi_registration != "affine":
+        raise ValueError(f"voi_registration must be 'affine' or 'rigid', "
+                         f"not {cfg.voi_registration!r}")
+    fit = register_affine(load_template(cfg), mri.mni_image, cfg, threads=threads, work=work,
+                          fixed_mask=load_template_mask(cfg))
+    return fit.to_fixed, fit.seconds
+
+
+def voi_on_subject(name: str, to_template: np.ndarray, cfg: PreprocConfig) -> np.ndarray:
+    """GAAIN VOI ``name`` (bool) on the template grid, moved onto the subject's rigid space.
+
+    ``to_template`` maps the rigid template space to the template (from
+    :func:`place_vois`); the VOI is resampled linearly and kept where ≥ 0.5.
+    """
+    voi = load_gaain_voi(name, cfg)
+    if np.allclose(to_template, np.eye(4)):
+        return np.asarray(voi.dataobj) > 0
+    moved = resample_array(np.asarray(voi.dataobj, np.float32), voi.affine, voi.affine,
+                           voi.shape, order=1, world=np.linalg.inv(to_template))
+    return moved >= 0.5
+
+
+def pet_flags(result: PETResult) -> list[str]:
+    """QC warnings of one PET: window not honoured, large frame motion."""
+    flags = []
+    info = result.frames
+    if info.get("FrameWindowFlag"):
+        flags.append(f"PET frames: {info['FrameWindowFlag']}")
+    moved = max(info.get("FrameMotionTranslationMM") or [0.0])
+    turned = max(info.get("FrameMotionRotationDeg") or [0.0])
+    if moved > MOTION_FLAG_MM or turned > MOTION_FLAG_DEG:
+        flags.append(f"PET frame motion up to {moved:.1f} mm / {turned:.1f}° (realigned): check "
+                     "the attenuation correction")
+    return flags
 
 
 def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
@@ -126,28 +187,31 @@ def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
     Parameters
     ----------
     pet : Path
-        The ``_pet.nii.gz`` (3D or 4D).
+        The ``_pet.nii.gz`` (3D, or 4D with its sidecar's frame timing).
     mri : MRIResult
         The paired session's T1w (or other contrast) result: ``native_brain``
         is the registration target and ``to_template`` the MRI → template map.
     cfg : PreprocConfig
-        ``pet_fwhm_mm``, ``suvr_reference`` (a GAAIN VOI name) and the
-        registration settings.
+        ``pet_windows``/``pet_window_policy``/``pet_realign`` (frames),
+        ``pet_fwhm_mm``, ``suvr_reference`` (a GAAIN VOI name),
+        ``voi_registration`` and the registration settings.
     work : Path
-        Scratch folder (ANTs writes its transform there).
+        Scratch folder (ANTs writes its transforms there).
 
     Raises
     ------
     InputDataError
-        The PET file is unusable, or its field of view misses the reference region.
+        The PET file is unusable, its frames miss the tracer's window (see
+        ``pet_window_policy``), or its field of view misses the reference region.
     """
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    mean = load_pet(pet)
-    smoothed = smooth_fwhm(mean, cfg.pet_fwhm_mm)
-    timings["seconds_average_smooth"] = time.perf_counter() - start
-
     work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    frames = load_pet(pet, cfg, threads=threads, work=work)
+    mean = frames.image
+    smoothed = smooth_fwhm(mean, cfg.pet_fwhm_mm)
+    timings["seconds_frames_smooth"] = time.perf_counter() - start
+
     # the unsmoothed frame mean holds more structure: rotation error ~0.2° instead of up
     # to 3° when registering the 8 mm smoothed image (4 mm PET voxels, simulator)
     fit = register_rigid(mri.native_brain, mean, cfg, threads=threads, work=work,
@@ -155,13 +219,14 @@ def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
                          levels=(cfg.pet_registration_shrink, cfg.pet_registration_smoothing,
                                  cfg.pet_registration_iterations))
     timings["seconds_register"] = fit.seconds
+    voi_map, timings["seconds_voi_registration"] = place_vois(mri, cfg, threads, work)
 
     start = time.perf_counter()
     template = load_template(cfg)
     to_template = compose(mri.to_template, fit.to_fixed)
     on_template = resample_array(np.asarray(smoothed.dataobj), smoothed.affine, template.affine,
                                  template.shape, order=1, world=to_template)
-    reference = np.asarray(load_gaain_voi(cfg.suvr_reference, cfg).dataobj) > 0
+    reference = voi_on_subject(cfg.suvr_reference, voi_map, cfg)
     coverage = resample_array(np.ones(smoothed.shape, np.float32), smoothed.affine,
                               template.affine, template.shape, order=0, world=to_template)
     covered = float((coverage[reference] > 0).mean())
@@ -172,8 +237,15 @@ def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
         ratio, ref_mean = suvr(on_template, reference & (coverage > 0))
     except ValueError as err:
         raise InputDataError(f"{pet}: {err}") from err
+    cortex = voi_on_subject("ctx", voi_map, cfg)
     timings["seconds_suvr"] = time.perf_counter() - start
     metrics = {"reference_mean": ref_mean, "reference_coverage": covered,
-               "registration_correlation": fit.correlation, **timings}
+               "cortical_suvr": float(ratio[cortex].mean()),
+               "voi_scale": float(np.cbrt(abs(np.linalg.det(voi_map[:3, :3])))),
+               "registration_correlation": fit.correlation,
+               "frames_used": float(len(frames.selection.used)),
+               "frame_max_translation_mm": frames.max_translation_mm,
+               "frame_max_rotation_deg": frames.max_rotation_deg, **timings}
     return PETResult(suvr_mni=nib.Nifti1Image(ratio, template.affine), reference_mean=ref_mean,
-                     metrics=metrics, pet_to_mri=fit.to_fixed, to_template=to_template)
+                     metrics=metrics, pet_to_mri=fit.to_fixed, to_template=to_template,
+                     frames=frames.metadata(), voi_to_template=voi_map)

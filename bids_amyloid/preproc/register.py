@@ -1,4 +1,4 @@
-"""Rigid (6 dof) registration with ANTs, transform files and composition.
+"""Rigid (6 dof) and affine (12 dof) registration with ANTs, transform files and composition.
 
 Conventions
 -----------
@@ -158,7 +158,7 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
                    fixed_mask: nib.Nifti1Image | None = None,
                    metric: str | None = None, seed: int = 42,
                    levels: tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...]] | None = None,
-                   ) -> RigidFit:
+                   transform: str = "Rigid") -> RigidFit:
     """Rigid registration of ``moving`` to ``fixed`` (ANTs, multi-resolution).
 
     Initialised by aligning the intensity centres of mass; then a rigid stage
@@ -169,6 +169,7 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
     fixed and moving images are first resampled (anti-aliased) to
     ``registration_voxel_mm`` (2 mm): at this resolution rigid accuracy stays
     well below 1 mm / 1° and the cost drops several-fold. The fitted transform is then applied at full resolution.
+    ``transform="Affine"`` fits 12 degrees of freedom instead (see :func:`register_affine`).
 
     Returns
     -------
@@ -192,7 +193,7 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
     try:
         with _ants_seed(seed):
             result = ants.registration(
-                fixed=to_ants(coarse), moving=to_ants(moving_coarse), type_of_transform="Rigid",
+                fixed=to_ants(coarse), moving=to_ants(moving_coarse), type_of_transform=transform,
                 aff_metric=metric or cfg.registration_metric, aff_sampling=32,
                 aff_random_sampling_rate=float(cfg.registration_sampling),
                 aff_iterations=tuple(int(i) for i in iterations),
@@ -208,8 +209,20 @@ def register_rigid(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: Preproc
                             coarse.affine, coarse.shape[:3], order=1, world=to_fixed)
     mask = (np.asarray(coarse_mask.dataobj) > 0) if coarse_mask is not None else fixed_data > 0
     fit = RigidFit(to_fixed, _correlation(fixed_data, warped, mask), time.perf_counter() - start)
-    log.debug("rigid registration: r=%.3f in %.1f s", fit.correlation, fit.seconds)
+    log.debug("%s registration: r=%.3f in %.1f s", transform, fit.correlation, fit.seconds)
     return fit
+
+
+def register_affine(fixed: nib.Nifti1Image, moving: nib.Nifti1Image, cfg: PreprocConfig,
+                    threads: int = 1, work: Path | None = None,
+                    fixed_mask: nib.Nifti1Image | None = None) -> RigidFit:
+    """Affine (12 dof) registration, same grids and levels as :func:`register_rigid`.
+
+    Used only to place the Centiloid VOIs on a subject (head size and shape); the
+    network's inputs stay rigid. ``to_fixed`` is then a general 4x4 linear map.
+    """
+    return register_rigid(fixed, moving, cfg, threads=threads, work=work,
+                          fixed_mask=fixed_mask, transform="Affine")
 
 
 def pose_error(estimated: np.ndarray, truth: np.ndarray,
