@@ -34,3 +34,21 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .ruff_cache .mypy_cache
+
+# The container image (needs Docker with BuildKit; see docs/cluster.md). Examples:
+#   make image IMAGE_BUILD_ARGS="--build-arg WEIGHTS=none"
+#   make image IMAGE_BUILD_ARGS="--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt"
+# image-test builds it (from a debootstrapped Debian base when no registry image is
+# reachable) and runs the app inside it; not part of `make test`: it downloads gigabytes.
+DOCKER ?= docker
+IMAGE_VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' bids_amyloid/__init__.py)
+IMAGE ?= bids-amyloid:$(IMAGE_VERSION)
+IMAGE_BUILD_ARGS ?=
+
+.PHONY: image image-test
+
+image:
+	DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(IMAGE_VERSION) $(IMAGE_BUILD_ARGS) -t $(IMAGE) .
+
+image-test:
+	bash scripts/image-test.sh
