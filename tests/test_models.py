@@ -191,14 +191,61 @@ def test_random_backbone_is_labelled():
 
 # --- LoRA ----------------------------------------------------------------------------------
 
-def test_lora_on_vit_b16_has_884736_parameters():
+def test_lora_on_vit_b16_has_1179648_parameters():
     trunk = create_trunk("vit_base_patch16_224", 224, device="meta")
     assert apply_lora(trunk, ModelConfig()) == (6, 7, 8, 9, 10, 11)
     trainable = [(n, p) for n, p in trunk.named_parameters() if p.requires_grad]
-    assert sum(p.numel() for _, p in trainable) == 884_736
+    # by hand: 6 blocks × 4 adapters (q, k, v, out) × r·(in + out) = 6·4·32·(768 + 768)
+    assert sum(p.numel() for _, p in trainable) == 6 * 4 * 32 * (768 + 768) == 1_179_648
     assert all("lora_" in n for n, _ in trainable)
-    names = {n.split(".lora_")[0] for n, _ in trainable}
-    assert names == {f"blocks.{b}.attn.{t}" for b in range(6, 12) for t in ("qkv", "proj")}
+    adapters = {n.rsplit(".", 1)[0].replace("lora_A", "*").replace("lora_B", "*")
+                for n, _ in trainable}
+    assert adapters == {f"blocks.{b}.attn.{t}.*.{part}" for b in range(6, 12)
+                        for t, part in [("qkv", "q"), ("qkv", "k"), ("qkv", "v"), ("proj", "out")]}
+    qkv = trunk.blocks[6].attn.qkv
+    assert {tuple(qkv.lora_A[p].weight.shape) for p in "qkv"} == {(32, 768)}
+    assert {tuple(qkv.lora_B[p].weight.shape) for p in "qkv"} == {(768, 32)}
+
+
+def _adapted_trunk(seed: int = 0) -> torch.nn.Module:
+    """test_vit with LoRA whose B matrices are non-zero (as after training), in eval mode."""
+    torch.manual_seed(seed)
+    trunk = create_trunk("test_vit", SIZE)
+    apply_lora(trunk, TINY.model)
+    with torch.no_grad():
+        for p in lora_parameters(trunk):
+            p.copy_(0.05 * torch.randn_like(p))
+    return trunk.eval()
+
+
+def test_each_qkv_adapter_changes_only_its_slice():
+    trunk = _adapted_trunk()
+    qkv = trunk.blocks[3].attn.qkv
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        for p in "kv":
+            qkv.lora_B[p].weight.zero_()
+        delta = qkv(x) - qkv.base_layer(x)
+    assert delta[..., :64].abs().max() > 1e-3                  # q moved
+    assert torch.equal(delta[..., 64:], torch.zeros_like(delta[..., 64:]))   # k and v did not
+
+
+def test_merged_lora_gives_the_same_outputs():
+    from bids_amyloid.models.lora import base_state_dict, merged_state_dict
+
+    trunk = _adapted_trunk()
+    plain = create_trunk("test_vit", SIZE).eval()
+    merged = merged_state_dict(trunk)
+    plain.load_state_dict(merged, strict=True)
+    assert not torch.equal(merged["blocks.3.attn.qkv.weight"],
+                           base_state_dict(trunk)["blocks.3.attn.qkv.weight"])
+    x = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        adapted, reference = trunk(x), plain(x)
+        plain.load_state_dict(base_state_dict(trunk), strict=True)
+        unadapted = plain(x)
+    torch.testing.assert_close(adapted, reference, rtol=1e-5, atol=1e-5)
+    assert (adapted - unadapted).abs().max() > 1e-3            # the adapters do something
 
 
 def test_small_vit_gets_lora_on_its_last_half():
@@ -501,6 +548,11 @@ def test_other_bad_model_files(tmp_path):
         load_model(tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="JSON"):
         save_model(tmp_path / "m.pt", build_student(TINY, ("T1w",)), TINY, {"x": object()})
+    payload = read_model_file(save_model(tmp_path / "new.pt", build_student(TINY, ("T1w",)),
+                                         TINY, {}))
+    torch.save({**payload, "format_version": 1}, tmp_path / "old.pt")   # one adapter on qkv
+    with pytest.raises(ModelFileError, match="older bids-amyloid.*train the model again"):
+        load_model(tmp_path / "old.pt")
     assert not (tmp_path / "m.pt").exists()
 
 
@@ -520,7 +572,7 @@ def test_model_file_records_config_and_identity(tmp_path):
     assert payload["role"] == "teacher" and payload["contrasts"] == ["T1w", "T2w"]
     assert payload["config"]["cohort"]["contrasts"] == ["T1w", "T2w"]
     assert payload["backbone"]["name"] == "test_vit" and payload["lora_blocks"] == [3, 4, 5]
-    assert {"bids-amyloid", "torch", "timm", "peft"} <= set(payload["versions"])
+    assert {"bids-amyloid", "torch", "timm"} <= set(payload["versions"])
 
 
 def test_benchmark_script_runs(capsys):

@@ -2,7 +2,8 @@
 
 A model file (``teacher.pt``, ``student_T1w.pt``) is a ``torch.save``'d dict::
 
-    format, format_version      "bids-amyloid-model", 1
+    format, format_version      "bids-amyloid-model", 2 (1: one LoRA adapter on the fused
+                                qkv, no longer read)
     role, contrasts             "teacher" | "student", ["T1w", ...]
     config                      the full resolved AppConfig (config_to_dict)
     backbone                    BackboneInfo: name, timm model, pretrained?, source, SHA-256 ...
@@ -61,9 +62,9 @@ from bids_amyloid.models.networks import AmyloidNetwork, build_model
 LOG = logging.getLogger(__name__)
 
 FORMAT = "bids-amyloid-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2    # 2: LoRA adapters per q/k/v slice (models.lora); 1 had one on qkv
 REQUIRED = ("role", "contrasts", "config", "backbone", "lora_blocks", "state_dict", "meta")
-PACKAGES = ("bids-amyloid", "torch", "timm", "peft", "open_clip_torch", "numpy")
+PACKAGES = ("bids-amyloid", "torch", "timm", "open_clip_torch", "numpy")
 BACKBONE_PREFIX = "backbone."
 
 
@@ -188,6 +189,10 @@ def read_model_file(path: Path | str) -> dict[str, Any]:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(f"{path}: model file format version {version!r} is newer than this "
                              f"bids-amyloid reads ({FORMAT_VERSION}); upgrade bids-amyloid")
+    if version < FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model file format version {version} comes from an older "
+                             "bids-amyloid whose LoRA adapters (one on the fused q/k/v projection) "
+                             "this version does not build; train the model again")
     missing = [k for k in REQUIRED if k not in payload]
     if missing:
         raise ModelFileError(f"{path}: model file lacks {', '.join(missing)}")
