@@ -52,15 +52,22 @@ MRI images (``sim/geometry.py``, ``sim/imaging.py``)
     (exp of a quadratic, ±8–20 %), Rician noise (1.5–4 % of WM), int16.
 PET images
     Centiloid of the scan = the subject's course at that day + N(0, 2); target
-    SUVR from the inverse of the published equations (PiB: CL = 100·(SUVR −
-    1.009)/1.067, Klunk 2015; AV45: CL = 196.9·SUVR − 196.03, Navitsky 2018;
-    whole-cerebellum reference). Non-specific uptake per tissue (white matter
+    SUVR from the inverse of the app's published equations
+    (``bids_amyloid.centiloid``: PiB ``pib-klunk2015``, CL = 100·(SUVR −
+    1.009)/1.067; AV45 ``av45-navitsky2018``, CL = 175.4·SUVR − 182.3; whole-
+    cerebellum reference). Non-specific uptake per tissue (white matter
     1.35–1.55× grey matter, low in CSF, bone and scalp) plus specific binding
     in cerebral GM (strongest in the GAAIN cortex VOI), its amplitude solved so
-    that the noise-free ctx/WhlCbl SUVR equals the target exactly. 6 mm FWHM
-    scanner blur, an own rigid pose (different from every MRI), ~2 mm voxels
-    (4 mm ``small``), 4 frames of 5 min (3 ``small``) with slight washout and
-    spatially correlated activity-dependent noise, Bq/mL. Full BIDS PET sidecar.
+    that the noise-free ctx/WhlCbl SUVR equals the target exactly. Dynamic
+    acquisition from the injection to 70 min in 12 frames (1, 1, 2, 2, 4, 10,
+    10, 20 min, then 4 × 5 min from 50 min): early frames follow perfusion
+    (grey-matter weighted flow), fading to none by 45 min; the 4 late frames
+    are the amyloid pattern alone. Each frame moves a little (≤ 2 mm / 1°
+    early, ≤ 1.5 mm / 0.75° late, late translations centred on the scan pose).
+    6 mm FWHM scanner blur, an own rigid pose (different from every MRI), ~2 mm
+    voxels (4 mm ``small``), spatially correlated activity-dependent noise
+    (stronger in short frames), Bq/mL. Full BIDS PET sidecar with
+    ``FrameTimesStart``/``FrameDuration``.
 
 Ground truth (not read by the app; ``sourcedata/`` is ignored by validators)
 ----------------------------------------------------------------------------
@@ -72,7 +79,10 @@ Ground truth (not read by the app; ``sourcedata/`` is ignored by validators)
   ``head_scale`` (the true native head is the template scaled by this about the
   centroid), ``centroid_native`` / ``centroid_template`` (brain centroid, mm),
   ``rotation_deg``, ``translation_mm``, grid, and the generating parameters;
-  PET adds ``centiloid``, ``tracer``, ``target_suvr`` and ``cortical_suvr``.
+  PET adds ``centiloid``, ``tracer``, ``target_suvr``, ``cortical_suvr`` and the
+  frames: ``frame_start_s``, ``frame_duration_s``, ``late_frames`` (indices of
+  the amyloid-only frames), ``perfusion_weight``, ``frame_motion_mm`` /
+  ``frame_motion_deg`` and ``frame_native_to_template`` per frame.
   Registration error of an estimate ``T`` (native → template): the angle of
   ``R_T · R_trueᵀ`` and ``|T(centroid_native) − centroid_template|``.
 - ``sub-X_ses-Y_<contrast>_desc-brain_mask.nii.gz``: the true brain mask on

@@ -6,7 +6,8 @@ HD-BET with test-time augmentation, rigid registration):
 - MRI pose: rotation error < 1° and translation error < 1 mm at the brain
   centroid against the known native → template pose;
 - brain mask Dice ≥ 0.95 against the true mask on the native grid;
-- PET: cortical SUVR (GAAIN ctx VOI on the output) vs simulated Centiloid,
+- PET (dynamic, 0–70 min): the late window's frames are used; cortical SUVR
+  (GAAIN ctx VOI placed on the subject) vs simulated Centiloid,
   Pearson r ≥ 0.9 per tracer, and over all scans once each SUVR is put on the
   Centiloid scale with its tracer's published equation. Two subjects give two PET scans, too few for a
   correlation, so more PET scans of the same two heads are simulated (both
@@ -88,7 +89,13 @@ def _extra_pet(head_scale: float, centiloid: float, tracer: str, seed: int,
     """One more simulated PET of a subject's head: (path, native→template truth, centroid)."""
     from bids_amyloid.sim.anatomy import apply_atrophy, build_anatomy
     from bids_amyloid.sim.geometry import native_grid, random_pose
-    from bids_amyloid.sim.imaging import pet_activity, suvr_from_centiloid, synth_pet
+    from bids_amyloid.sim.imaging import (
+        PET_FRAMES_S,
+        pet_activity,
+        suvr_from_centiloid,
+        synth_pet,
+    )
+    from bids_amyloid.sim.writer import pet_sidecar
 
     rng = np.random.default_rng(seed)
     anat = build_anatomy(2)
@@ -101,9 +108,11 @@ def _extra_pet(head_scale: float, centiloid: float, tracer: str, seed: int,
                         for c in (idx[:, 2].min(), idx[:, 2].max())])
     points = (pose.full @ anat.affine @ corners.T).T[:, :3]
     affine, shape = native_grid(points, "LPS", (4.0, 4.0, 4.0), 25.0)
-    data, _ = synth_pet(anat, activity, pose, affine, shape, rng, 3, 6000.0)
+    data, _, _ = synth_pet(anat, morph, activity, pose, affine, shape, rng, 6000.0)
     path = folder / f"extra-{seed}_trc-{tracer}_pet.nii.gz"
     nib.save(nib.Nifti1Image(data, affine), path)
+    path.with_name(path.name.replace(".nii.gz", ".json")).write_text(
+        json.dumps(pet_sidecar(tracer, PET_FRAMES_S, 1.0)))
     centroid = (pose.rigid @ np.append(pose.centroid, 1.0))[:3]
     return path, np.linalg.inv(pose.rigid), centroid
 
@@ -112,10 +121,8 @@ def test_pet_suvr_tracks_centiloid(cohort: Path, mri_results: dict,
                                    tmp_path: Path) -> None:
     from bids_amyloid.preproc.pet import preprocess_pet
     from bids_amyloid.preproc.register import pose_error
-    from bids_amyloid.preproc.template import load_gaain_voi
     from bids_amyloid.sim.imaging import centiloid_from_suvr
 
-    ctx = np.asarray(load_gaain_voi("ctx").dataobj) > 0
     scans = []  # (path, subject, centiloid, truth matrix, centroid)
     for pet in sorted(cohort.glob("sub-*/ses-*/pet/*_pet.nii.gz")):
         truth = _truth(cohort, pet)
@@ -134,8 +141,10 @@ def test_pet_suvr_tracks_centiloid(cohort: Path, mri_results: dict,
         angle, shift = pose_error(result.to_template, matrix, centroid)
         # 4 mm PET voxels, 6 mm scanner blur: a little looser than the MRI criterion
         assert angle < 1.5 and shift < 1.5, f"{path.name}: PET pose {angle:.2f}°, {shift:.2f} mm"
-        data = np.asarray(result.suvr_mni.dataobj)
-        suvrs.append(float(data[ctx].mean()))
+        # dynamic scans: the late window's 4 frames, realigned
+        assert result.frames["FramesUsed"] == ([8, 9] if "AV45" in path.name else [8, 9, 10, 11])
+        assert result.frames["FrameWindowFlag"] is None
+        suvrs.append(result.metrics["cortical_suvr"])  # GAAIN ctx placed on the subject
         centiloids.append(cl)
         # PiB and AV45 SUVRs live on different scales: the published tracer
         # equations (Klunk 2015; Navitsky 2018) put both on the Centiloid scale

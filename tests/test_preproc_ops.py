@@ -284,3 +284,32 @@ def test_hdbet_import_touches_no_home(tmp_path: Path, monkeypatch) -> None:
     env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     assert list(home.iterdir()) == []
+
+
+def test_affine_voi_placement_follows_head_size(tmp_path: Path) -> None:
+    """A head 10 % larger than the template (rigidly aligned): the affine VOI map recovers
+    the scale, and the moved cerebellum VOI matches the subject's cerebellum."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    cfg = dataclasses.replace(CFG, template_resolution=2)
+    tpl = template.load_template(cfg)
+    scale = 1.1
+    centre = nib.affines.apply_affine(tpl.affine, (np.asarray(tpl.shape) - 1) / 2.0)
+    grow = np.eye(4)
+    grow[:3, :3] *= scale
+    grow[:3, 3] = centre * (1.0 - scale)  # template world → subject (rigid) world
+    subject = template.resample_image(tpl, tpl, order=1, world=grow)
+    voi_map, _ = pet.place_vois(SimpleNamespace(mni_image=subject), cfg, work=tmp_path)
+    # voi_map: subject rigid space → template, i.e. the inverse of the growth
+    np.testing.assert_allclose(voi_map[:3, :3], np.eye(3) / scale, atol=0.02)
+    truth = template.resample_array(np.asarray(template.load_gaain_voi("WhlCbl", cfg).dataobj,
+                                               np.float32), tpl.affine, tpl.affine, tpl.shape,
+                                    order=1, world=grow) >= 0.5
+    placed = pet.voi_on_subject("WhlCbl", voi_map, cfg)
+    fixed = pet.voi_on_subject("WhlCbl", np.eye(4), cfg)
+    dice = lambda a, b: 2 * (a & b).sum() / (a.sum() + b.sum())  # noqa: E731
+    assert dice(placed, truth) > 0.9 > dice(fixed, truth) + 0.1
+    # rigid placement is the identity, no registration
+    rigid = dataclasses.replace(cfg, voi_registration="rigid")
+    assert np.array_equal(pet.place_vois(SimpleNamespace(mni_image=subject), rigid)[0], np.eye(4))

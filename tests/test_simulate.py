@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -98,8 +99,13 @@ def test_pet_files_match_their_sidecars(cohort: Path) -> None:
     for path in _images(cohort, "*_pet.nii.gz"):
         img = nib.load(path)
         side = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
-        assert img.ndim == 4 and img.shape[3] == len(side["FrameDuration"]) == 3
+        assert img.ndim == 4 and img.shape[3] == len(side["FrameDuration"]) == 12
         assert len(side["FrameTimesStart"]) == img.shape[3]
+        # dynamic from the injection to 70 min, contiguous frames of growing then 5 min length
+        starts, durations = np.array(side["FrameTimesStart"]), np.array(side["FrameDuration"])
+        assert starts[0] == side["InjectionStart"] == 0
+        np.testing.assert_array_equal(starts[1:], (starts + durations)[:-1])
+        assert starts[-1] + durations[-1] == 70 * 60 and durations[0] < durations[7]
         assert 3.0 <= min(img.header.get_zooms()[:3]) <= 4.5
         assert side["TracerRadionuclide"] in {"C11", "F18"}
         data = np.asarray(img.dataobj)
@@ -203,9 +209,17 @@ def test_mri_relates_weakly_to_amyloid() -> None:
 
 
 def test_centiloid_equations() -> None:
+    # published anchors: PiB YC-0 1.009 and AD-100 2.076 (Klunk 2015); AV45 standard method
+    # CL = 175.4·SUVR − 182.3 (Navitsky 2018) → −6.9 at SUVR 1
     assert centiloid_from_suvr(1.009, "PIB") == pytest.approx(0.0)
     assert centiloid_from_suvr(2.076, "PIB") == pytest.approx(100.0)
-    assert centiloid_from_suvr(1.0, "AV45") == pytest.approx(0.87)
+    assert centiloid_from_suvr(1.0, "AV45") == pytest.approx(-6.9)
+    # the simulator uses the app's table (bids_amyloid.centiloid), not a copy of it
+    from bids_amyloid.centiloid import get_equation
+    from bids_amyloid.sim.imaging import SIM_EQUATIONS
+
+    for tracer, key in SIM_EQUATIONS.items():
+        assert centiloid_from_suvr(1.37, tracer) == get_equation(key).to_centiloid(1.37)
     for tracer in ("PIB", "AV45"):
         assert centiloid_from_suvr(suvr_from_centiloid(37.5, tracer), tracer) == pytest.approx(37.5)
     with pytest.raises(ValueError, match="FBB"):
@@ -222,31 +236,56 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.rmtree(out)
 
 
+def test_dynamic_pet_early_frames_follow_perfusion_late_frames_amyloid(cohort: Path) -> None:
+    """Truth names the late frames (from 50 min); early frames have a perfusion-like pattern."""
+    for image in _images(cohort, "*_pet.nii.gz"):
+        truth = json.loads(truth_paths(cohort, image)[0].read_text())
+        late = truth["late_frames"]
+        assert late == [k for k, t in enumerate(truth["frame_start_s"]) if t >= 3000]
+        assert late == [8, 9, 10, 11]
+        assert [truth["perfusion_weight"][k] for k in late] == [0.0] * 4
+        assert truth["perfusion_weight"][0] > 0.9
+        assert max(truth["frame_motion_mm"]) <= 3.5 and max(truth["frame_motion_deg"]) <= 1.0
+        assert max(truth["frame_motion_mm"]) > 0.1  # the frames do move
+
+
 def test_pet_uptake_follows_centiloid(cohort: Path) -> None:
-    """Cortex/cerebellum SUVR measured on the blurred, noisy PET tracks the true Centiloid."""
-    from scipy import ndimage
+    """Cortex/cerebellum SUVR measured on the late frames of the noisy PET tracks the truth."""
 
     from bids_amyloid.sim.anatomy import build_anatomy
 
     anat = build_anatomy(2)
-    true_cl, measured_cl = [], []
+    true_cl, measured_cl, all_frames_cl = [], [], []
     for image in _images(cohort, "*_pet.nii.gz"):
         truth = json.loads(truth_paths(cohort, image)[0].read_text())
         img = nib.load(image)
-        mean = np.asarray(img.dataobj, dtype=np.float32).mean(axis=-1)
-        s, c = truth["head_scale"], np.array(truth["centroid_template"])
-        scale = np.eye(4)
-        scale[:3, :3] *= s
-        scale[:3, 3] = c * (1 - s)
-        template_to_native = np.linalg.inv(np.array(truth["native_to_template"])) @ scale
-        index_map = np.linalg.inv(img.affine) @ template_to_native @ anat.affine
-        pet = ndimage.affine_transform(mean, index_map[:3, :3], index_map[:3, 3],
-                                       output_shape=anat.shape, order=1)
-        suvr = pet[anat.ctx_voi].mean() / pet[anat.cerebellum].mean()
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        weights = np.array(truth["frame_duration_s"]) / sum(truth["frame_duration_s"])
+        for frames, out in ((data[..., truth["late_frames"]].mean(axis=-1), measured_cl),
+                            (data @ weights.astype(np.float32), all_frames_cl)):
+            out.append(_measured_centiloid(frames, img.affine, truth, anat))
         true_cl.append(truth["centiloid"])
-        measured_cl.append(centiloid_from_suvr(float(suvr), truth["tracer"]))
     error = np.abs(np.array(measured_cl) - np.array(true_cl))
     # blur and partial volume bias high loads down, as on real scanners
     allowed = 10.0 + 0.25 * np.abs(true_cl)
     assert (error < allowed).all(), list(zip(true_cl, measured_cl, strict=True))
     assert np.corrcoef(true_cl, measured_cl)[0, 1] > 0.9
+    # early frames follow perfusion: averaging all of them pulls the Centiloid far off
+    all_error = np.abs(np.array(all_frames_cl) - np.array(true_cl))
+    assert all_error.mean() > 2.0 * error.mean(), (all_error, error)
+
+
+def _measured_centiloid(mean: np.ndarray, affine: np.ndarray, truth: dict, anat: Any) -> float:
+    """GAAIN ctx / WhlCbl of a native PET volume read through the true pose, as Centiloid."""
+    from scipy import ndimage
+
+    s, c = truth["head_scale"], np.array(truth["centroid_template"])
+    scale = np.eye(4)
+    scale[:3, :3] *= s
+    scale[:3, 3] = c * (1 - s)
+    template_to_native = np.linalg.inv(np.array(truth["native_to_template"])) @ scale
+    index_map = np.linalg.inv(affine) @ template_to_native @ anat.affine
+    pet = ndimage.affine_transform(mean, index_map[:3, :3], index_map[:3, 3],
+                                   output_shape=anat.shape, order=1)
+    suvr = pet[anat.ctx_voi].mean() / pet[anat.cerebellum].mean()
+    return centiloid_from_suvr(float(suvr), truth["tracer"])

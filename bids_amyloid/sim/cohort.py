@@ -22,7 +22,13 @@ import pandas as pd
 
 from bids_amyloid.sim.anatomy import Anatomy, apply_atrophy, build_anatomy
 from bids_amyloid.sim.geometry import ORIENTATIONS, Pose, native_grid, random_pose, sample
-from bids_amyloid.sim.imaging import pet_activity, suvr_from_centiloid, synth_mri, synth_pet
+from bids_amyloid.sim.imaging import (
+    PET_FRAMES_S,
+    pet_activity,
+    suvr_from_centiloid,
+    synth_mri,
+    synth_pet,
+)
 from bids_amyloid.sim.plan import (
     THINNING_SESSION_SD,
     VENTRICLE_SESSION_SD,
@@ -52,14 +58,13 @@ class SizeSpec:
     anatomy_mm: int
     mri_voxels: tuple[tuple[float, float, float], ...]
     pet_voxels: tuple[tuple[float, float, float], ...]
-    n_frames: int
 
 
 SIZES = {
     "full": SizeSpec(1, ((1.0, 1.0, 1.0), (1.0, 1.0, 1.2), (0.9, 0.9, 1.1), (1.2, 1.2, 1.5)),
-                     ((2.0, 2.0, 2.0), (2.0, 2.0, 2.03), (2.086, 2.086, 2.03)), 4),
+                     ((2.0, 2.0, 2.0), (2.0, 2.0, 2.03), (2.086, 2.086, 2.03))),
     "small": SizeSpec(2, ((2.2, 2.2, 2.2), (2.2, 2.2, 2.64), (2.5, 2.5, 3.0)),
-                      ((4.0, 4.0, 4.0), (3.5, 3.5, 4.06)), 3),
+                      ((4.0, 4.0, 4.0), (3.5, 3.5, 4.06))),
 }
 PET_ORIENTATIONS = ("RAS", "LPS", "LAS")
 
@@ -237,11 +242,12 @@ def _write_pet(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPlan, ses:
     affine, shape = native_grid(points, axcodes, voxel, float(rng.uniform(20.0, 35.0)))
     injected = float(rng.uniform(0.85, 1.15))
     level = float(rng.uniform(4000.0, 8000.0)) * injected
-    data, params = synth_pet(anat, activity, pose, affine, shape, rng, spec.n_frames, level)
+    data, params, frames = synth_pet(anat, morph, activity, pose, affine, shape, rng, level)
     stem = f"sub-{plan.label}_ses-{ses.label}_trc-{tracer}_pet"
     path = out / f"sub-{plan.label}" / f"ses-{ses.label}" / "pet" / f"{stem}.nii.gz"
-    write_nifti(path, data, affine, zooms_t=300.0)
-    write_json(path.with_name(f"{stem}.json"), pet_sidecar(tracer, spec.n_frames, injected, common["acq_time"][11:]))
+    write_nifti(path, data, affine)
+    write_json(path.with_name(f"{stem}.json"),
+               pet_sidecar(tracer, PET_FRAMES_S, injected, common["acq_time"][11:]))
     truth_json, truth_mask = truth_paths(out, path)
     mask = np.zeros(shape, dtype=np.uint8)
     mask[sample(anat.brain_float, anat.affine, pose, affine, shape) >= 0.5] = 1
@@ -251,6 +257,6 @@ def _write_pet(out: Path, anat: Anatomy, spec: SizeSpec, plan: SubjectPlan, ses:
                             "tracer": tracer, "centiloid": centiloid,
                             "target_suvr": round(target, 5), "cortical_suvr": suvr,
                             "specific_amplitude": round(activity.amplitude, 5),
-                            "reference_level_bq_ml": round(level, 2),
+                            "reference_level_bq_ml": round(level, 2), **frames,
                             **{k: round(v, 5) for k, v in params.items()}})
     return {"centiloid": centiloid, "cortical_suvr": suvr}

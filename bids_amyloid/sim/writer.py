@@ -26,10 +26,9 @@ MRI_SIDECAR: dict[str, dict[str, Any]] = {
                 "PulseSequenceType": "GRE"},
 }
 TRACER_SIDECAR: dict[str, dict[str, Any]] = {
-    "PIB": {"TracerName": "PiB", "TracerRadionuclide": "C11", "InjectedRadioactivity": 555.0,
-            "ScanStart": 2400},
+    "PIB": {"TracerName": "PiB", "TracerRadionuclide": "C11", "InjectedRadioactivity": 555.0},
     "AV45": {"TracerName": "Florbetapir", "TracerRadionuclide": "F18",
-             "InjectedRadioactivity": 370.0, "ScanStart": 3000},
+             "InjectedRadioactivity": 370.0},
 }
 
 
@@ -72,11 +71,14 @@ def mri_sidecar(contrast: str, voxel: tuple[float, ...]) -> dict[str, Any]:
             "SliceThickness": round(float(voxel[2]), 3)}
 
 
-def pet_sidecar(tracer: str, n_frames: int, injected_scale: float,
+def pet_sidecar(tracer: str, durations_s: tuple[int, ...], injected_scale: float,
                 time_zero: str = "09:30:00") -> dict[str, Any]:
-    """A complete BIDS PET sidecar (required fields; times in s from the injection)."""
+    """A complete BIDS PET sidecar (required fields; a dynamic scan from the injection).
+
+    Times in seconds from ``TimeZero``, which is the injection (``InjectionStart`` 0).
+    """
     info = TRACER_SIDECAR[tracer]
-    start = int(info["ScanStart"])
+    starts = np.concatenate([[0], np.cumsum(durations_s)[:-1]]).astype(int)
     return {
         "Manufacturer": "Simulated", "ManufacturersModelName": "bids-amyloid simulator",
         "Units": "Bq/mL", "BodyPart": "Brain",
@@ -86,9 +88,9 @@ def pet_sidecar(tracer: str, n_frames: int, injected_scale: float,
         "InjectedMass": "n/a", "InjectedMassUnits": "n/a",
         "SpecificRadioactivity": "n/a", "SpecificRadioactivityUnits": "n/a",
         "ModeOfAdministration": "bolus",
-        "TimeZero": time_zero, "InjectionStart": 0, "ScanStart": start,
-        "FrameTimesStart": [start + 300 * k for k in range(n_frames)],
-        "FrameDuration": [300] * n_frames,
+        "TimeZero": time_zero, "InjectionStart": 0, "ScanStart": 0,
+        "FrameTimesStart": [int(t) for t in starts],
+        "FrameDuration": [int(d) for d in durations_s],
         "AcquisitionMode": "list mode", "ImageDecayCorrected": True,
         "ImageDecayCorrectionTime": 0,
         "ReconMethodName": "3D-OSEM", "ReconMethodParameterLabels": ["subsets", "iterations"],
