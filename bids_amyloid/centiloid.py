@@ -20,7 +20,11 @@ Sources (check the paper against your own pipeline before relying on a row):
   doi:10.1016/j.jalz.2018.06.1353. Florbetapir with the standard Centiloid
   method (GAAIN VOIs, whole cerebellum): CL = 175.4·SUVR − 182.3.
 - ``av45-avid-navitsky2018``: same paper, florbetapir SUVR from Avid's own
-  pipeline (whole-cerebellum reference): CL = 183·SUVR − 177.
+  pipeline (whole-cerebellum reference): CL = 183·SUVR − 177 (the same
+  coefficients and citation as admiralneuro's ``compute_centiloid``, "AVID FBP
+  SUVR PIPELINE"). Florbetapir equations with other coefficients circulate (e.g.
+  CL = 196.9·SUVR − 196.03, which the simulator once attributed to Navitsky 2018
+  by mistake); none is in this table without a source naming its pipeline.
 - ``av45-adni-berkeley``: ADNI UC Berkeley florbetapir processing (Landau &
   Jagust; FreeSurfer cortical summary, whole-cerebellum reference), the SUVR
   in ADNIMERGE's ``AV45`` column that Clinica's adni-to-bids copies into
