@@ -119,6 +119,41 @@ def test_ablation_and_cross_dataset_teacher(finished):
     assert "cross-dataset" in (run / "report.html").read_text()
 
 
+def test_test_predictions_are_fp32_and_equal_predicts(finished, monkeypatch):
+    """Training under bf16 autocast (as AMP on a GPU; CPU autocast here) leaves evaluation in
+    fp32: the group level's test probabilities equal predict's for the same sessions."""
+    from types import SimpleNamespace
+
+    from bids_amyloid import derivatives
+    from bids_amyloid.config import AppConfig
+    from bids_amyloid.predict.inference import infer
+    from bids_amyloid.predict.model import load_predict_model
+    from bids_amyloid.predict.plan import SessionPlan
+    from bids_amyloid.train import phases
+
+    bids, out, config, _ = finished
+    _copy_cohort(out, "default", "amp")
+    bf16 = lambda device, amp: torch.bfloat16  # noqa: E731 - training autocast, as on a GPU
+    monkeypatch.setattr(loop, "autocast_dtype", bf16)
+    monkeypatch.setattr(phases, "autocast_dtype", bf16, raising=False)   # where it was imported
+    teacher = out / "group" / "default" / "teacher.pt"
+    assert _group(bids, out, config, "--run-name", "amp", "--teacher", str(teacher)) == 0
+    monkeypatch.undo()
+    run = out / "group" / "amp"
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
+    test = preds[(preds["model"] == "student_T1w") & (preds["split"] == "test")]
+    assert len(test) >= 3 and test["probability"].nunique() > 1
+    model = load_predict_model(run / "student_T1w.pt", AppConfig())
+    plans = []
+    for sub, ses in zip(test["participant_id"], test["mri_session"], strict=True):
+        sub, ses = sub.removeprefix("sub-"), ses.removeprefix("ses-")
+        plans.append(SessionPlan(SimpleNamespace(sub=sub, ses=ses), ("T1w",), caches={
+            "T1w": derivatives.mri_slice_cache(out, sub, ses, "T1w")}))
+    probs = infer(plans, model)
+    expected = [probs[p.key] for p in plans]
+    assert test["probability"].tolist() == pytest.approx(expected, abs=1e-5, rel=0)
+
+
 def test_contrastive_stage_without_teacher_is_a_clear_error(finished):
     bids, out, config, _ = finished
     _copy_cohort(out, "default", "lonely")

@@ -2,7 +2,8 @@
 
 A phase (see :mod:`bids_amyloid.train.phases`) supplies its network, losses,
 optimiser, scheduler, clipping and validation; this loop does the rest once:
-per-epoch seeding, AMP (bf16, or fp16 with a gradient scaler, on CUDA),
+per-epoch seeding, AMP for training only (bf16, or fp16 with a gradient scaler, on
+CUDA; evaluation runs in fp32 under :func:`full_precision`),
 gradient accumulation, clipping, the LR scheduler, validation, checkpoint
 selection, early stopping, per-epoch checkpoints (model, optimiser,
 scheduler, scaler, RNG state, history) so ``--resume`` continues exactly, the
@@ -109,6 +110,22 @@ def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
     if not amp or device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@contextlib.contextmanager
+def full_precision() -> Iterator[None]:
+    """Evaluation numerics: no autocast and no TF32 matmuls, as predict computes.
+
+    Validation and test logits are plain fp32 (bf16 would tie probabilities and
+    move AUC and τ); the matmul precision set for training is restored after.
+    """
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from bids_amyloid.errors import InputMissingError
 from bids_amyloid.train import losses, schedules
 from bids_amyloid.train.augment import augment_sample_images
 from bids_amyloid.train.data import SliceCacheDataset
-from bids_amyloid.train.loop import EpochRNG, autocast_dtype
+from bids_amyloid.train.loop import EpochRNG, full_precision
 from bids_amyloid.train.metrics import auc, best_threshold, binary_metrics
 from bids_amyloid.train.mining import NegativePool
 
@@ -138,12 +138,11 @@ def _named_groups(model: Any, spec: Sequence[tuple[str, tuple[str, ...], float, 
 def collect(ctx: PhaseContext, forward: Callable[[dict[str, Any]], Any],
             loader: DataLoader | None = None) -> dict[str, np.ndarray]:
     """Run ``forward`` (returning logits (B,) and embeddings (B, D)) over ``loader``
-    (default: the validation set), without augmentation."""
+    (default: the validation set), without augmentation, in fp32 (:func:`full_precision`)."""
     logits, embeds, labels, index = [], [], [], []
-    dtype = autocast_dtype(ctx.device, ctx.cfg.train.amp)
     for raw in loader if loader is not None else ctx.val_loader:
         batch = prepare_images(raw, ctx, None)
-        with torch.autocast(ctx.device.type, dtype=dtype, enabled=dtype is not None):
+        with full_precision():
             logit, emb = forward(batch)
         logits.append(logit.float().cpu())
         embeds.append(emb.float().cpu())
@@ -358,13 +357,12 @@ class ContrastivePhase(_Phase):
         self.module.eval()
         mined, self.mined = self.mined, {}      # the training epoch's negatives, by rule
         rng = np.random.default_rng(VAL_MINING_SEED)
-        dtype = autocast_dtype(self.ctx.device, self.ctx.cfg.train.amp)
         triplet, valid, sizes = [], [], []
         logits, labels = [], []
         for raw in self.ctx.val_loader:
             batch = self._with_negatives(raw, self.ctx.val, self.val_pool, None, rng)
             batch["s"] = 0.0
-            with torch.autocast(self.ctx.device.type, dtype=dtype, enabled=dtype is not None):
+            with full_precision():
                 out = self.module(batch)
             triplet.append(float(out["triplet"]))
             valid.append(float(out["valid"]))
