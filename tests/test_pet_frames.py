@@ -70,8 +70,10 @@ def test_missing_timing_fails_or_averages_all_frames_with_a_flag() -> None:
         frames.select_frames({}, 3, "PIB", FAIL)
     with pytest.raises(InputDataError, match="no usable FrameTimesStart"):  # wrong length
         frames.select_frames(_timing([50.0, 55.0], [5.0, 5.0]), 3, "PIB", FAIL)
-    sel = frames.select_frames({"FrameDuration": [300] * 3}, 3, "PIB", CFG)
+    sel = frames.select_frames({"FrameDuration": [100, 100, 200]}, 3, "PIB", CFG)
     assert sel.used == [0, 1, 2] and sel.flag.startswith("all frames averaged")
+    assert sel.weights == pytest.approx([0.25, 0.25, 0.5])  # by FrameDuration when known
+    assert frames.select_frames({}, 4, "PIB", CFG).weights == pytest.approx([0.25] * 4)
     with pytest.raises(InputDataError, match="no frame window configured for tracer None"):
         frames.select_frames(_timing([50.0, 60.0], [10.0, 10.0]), 2, None, FAIL)
 

@@ -141,7 +141,8 @@ def select_frames(meta: dict[str, object], n_frames: int, tracer: str | None,
     if times is None or window is None:
         why = (f"no usable FrameTimesStart/FrameDuration for its {n_frames} frames"
                if times is None else f"no frame window configured for tracer {tracer}")
-        return _fallback(n_frames, tracer, window, times, why, policy, source)
+        return _fallback(n_frames, tracer, window, _durations(meta, n_frames), why, policy,
+                         source)
     starts, durations = times
     lo, hi = 60.0 * window[0], 60.0 * window[1]
     overlap = np.clip(np.minimum(starts + durations, hi) - np.maximum(starts, lo), 0.0, None)
@@ -166,15 +167,32 @@ def select_frames(meta: dict[str, object], n_frames: int, tracer: str | None,
     return selection
 
 
+def _durations(meta: dict[str, object], n_frames: int) -> np.ndarray | None:
+    """``FrameDuration`` when it fits the frames (positive, one per frame), else None."""
+    durations = meta.get("FrameDuration")
+    if not isinstance(durations, list) or len(durations) != n_frames:
+        return None
+    try:
+        d = np.asarray(durations, float)
+    except (TypeError, ValueError):
+        return None
+    return d if np.all(np.isfinite(d)) and np.all(d > 0) else None
+
+
 def _fallback(n_frames: int, tracer: str | None, window: tuple[float, float] | None,
-              times: object, why: str, policy: str, source: str) -> FrameSelection:
-    """4D PET whose window cannot be located: refuse, or average every frame with a flag."""
+              durations: np.ndarray | None, why: str, policy: str,
+              source: str) -> FrameSelection:
+    """4D PET whose window cannot be located: refuse, or average every frame with a flag.
+
+    The average is weighted by ``FrameDuration`` when the sidecar has it, else equal.
+    """
     if policy == "fail":
         raise InputDataError(f"{source}: 4D PET with {why}: cannot select the late frames; set "
                              "pet_window_policy = \"average-available\" to average all frames")
-    log.warning("%s: 4D PET with %s: averaging all %d frames equally (pet_window_policy); "
+    log.warning("%s: 4D PET with %s: averaging all %d frames (pet_window_policy); "
                 "early frames, if any, bias the SUVR", source, why, n_frames)
-    return FrameSelection(n_frames, list(range(n_frames)), np.full(n_frames, 1.0 / n_frames),
+    weights = np.full(n_frames, 1.0) if durations is None else durations
+    return FrameSelection(n_frames, list(range(n_frames)), weights / weights.sum(),
                           tracer, window, None, f"all frames averaged: {why}")
 
 
