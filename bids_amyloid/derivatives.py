@@ -31,6 +31,7 @@ Example
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,102 @@ def init_output(out: Path, source: Path | None = None) -> None:
     if missing:  # keep the user's own lines, add ours
         with atomic_path(ignore) as tmp:
             tmp.write_text("\n".join([*lines, *missing]) + "\n")
+
+
+# --------------------------------------------------------------------------- group and predict level
+#
+#   OUT/group/<run-name>/   cohort.tsv excluded.tsv provenance.tsv cohort.json missing.tsv
+#                           config.toml teacher.pt student_<C>.pt student_<C>_best-cosine.pt
+#                           training.tsv metrics.tsv predictions.tsv report.html *.png
+#                           checkpoints/<phase>/ (last.pt, best_<key>.pt, history.json)
+#   OUT/predict/<model>/    predictions.tsv excluded.tsv evaluation.tsv metrics.tsv
+#                           predict.json sub-XX.html, saliency maps (BIDS names below it),
+#                           derivatives/ (MRI preprocessed with the model's parameters)
+#
+# The group and predict levels log to the console only; their file logs are
+# training.tsv (group) and predict.json (predict).
+
+
+def session_label(ses: str) -> str:
+    """The ``session_id`` of a table row: ``ses-<ses>``, or ``n/a`` without sessions.
+
+    >>> session_label("01"), session_label("")
+    ('ses-01', 'n/a')
+    """
+    return f"ses-{ses}" if ses else "n/a"
+
+
+def student_file(contrasts: tuple[str, ...], selection: str = "") -> str:
+    """``student_T1w.pt``, ``student_T1w+T2w_best-cosine.pt``."""
+    tail = f"_{selection}" if selection else ""
+    return f"student_{'+'.join(contrasts)}{tail}.pt"
+
+
+@dataclass(frozen=True)
+class GroupRun:
+    """The files of one group run, ``OUT/group/<run-name>/``.
+
+    >>> GroupRun.of(Path("/out"), "demo").student(("T1w",), "best-cosine").as_posix()
+    '/out/group/demo/student_T1w_best-cosine.pt'
+    """
+
+    folder: Path
+
+    @classmethod
+    def of(cls, out: Path, run_name: str) -> GroupRun:
+        return cls(Path(out) / "group" / run_name)
+
+    cohort = property(lambda self: self.folder / "cohort.tsv")
+    excluded = property(lambda self: self.folder / "excluded.tsv")
+    cohort_json = property(lambda self: self.folder / "cohort.json")
+    provenance = property(lambda self: self.folder / "provenance.tsv")
+    missing = property(lambda self: self.folder / "missing.tsv")
+    config = property(lambda self: self.folder / "config.toml")
+    teacher = property(lambda self: self.folder / "teacher.pt")
+    training = property(lambda self: self.folder / "training.tsv")
+    metrics = property(lambda self: self.folder / "metrics.tsv")
+    predictions = property(lambda self: self.folder / "predictions.tsv")
+    report = property(lambda self: self.folder / "report.html")
+
+    def student(self, contrasts: tuple[str, ...], selection: str = "") -> Path:
+        """The student file (``selection`` ``""``: best F1@τ, ``best-cosine``)."""
+        return self.folder / student_file(contrasts, selection)
+
+    def checkpoints(self, phase: str) -> Path:
+        """``checkpoints/<phase>/``: ``last.pt``, ``best_<key>.pt``, ``history.json``."""
+        return self.folder / "checkpoints" / phase
+
+    def figure(self, name: str) -> Path:
+        """A report figure (``roc_test``, ``roc_epochs``, ``training_curves``) as PNG."""
+        return self.folder / f"{name}.png"
+
+
+@dataclass(frozen=True)
+class PredictRun:
+    """The files of one predict run, ``OUT/predict/<model name>/``.
+
+    >>> PredictRun.of(Path("/out"), "student_T1w").predictions.as_posix()
+    '/out/predict/student_T1w/predictions.tsv'
+    """
+
+    folder: Path
+
+    @classmethod
+    def of(cls, out: Path, model_name: str) -> PredictRun:
+        return cls(Path(out) / "predict" / model_name)
+
+    predictions = property(lambda self: self.folder / "predictions.tsv")
+    excluded = property(lambda self: self.folder / "excluded.tsv")
+    evaluation = property(lambda self: self.folder / "evaluation.tsv")
+    metrics = property(lambda self: self.folder / "metrics.tsv")
+    provenance = property(lambda self: self.folder / "predict.json")
+    derivatives = property(lambda self: self.folder / "derivatives")
+
+    def page(self, sub: str) -> Path:
+        """The subject's saliency page ``sub-<sub>.html``."""
+        return self.folder / f"sub-{sub}.html"
+
+    def saliency_map(self, sub: str, ses: str, contrast: str, method: str) -> Path:
+        """A saliency map (``method`` ``gradient`` or ``hirescam``) on the template grid."""
+        return derivative_path(self.folder, sub, ses, "anat", suffix="saliency", ext=".nii.gz",
+                               space=TEMPLATE_SPACE, desc=f"{method}{contrast}")
