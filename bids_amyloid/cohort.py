@@ -48,13 +48,14 @@ from bids_amyloid.bids import (
     pair_pet_with_mri,
 )
 from bids_amyloid.config import MRI_CONTRASTS, AppConfig, CohortConfig
+from bids_amyloid.derivatives import GroupRun, session_label
 from bids_amyloid.errors import (
     InputDataError,
     InputMissingError,
     NothingSelectedError,
     UsageError,
 )
-from bids_amyloid.io import write_json, write_text
+from bids_amyloid.io import write_json, write_tsv
 from bids_amyloid.options import RunOptions
 from bids_amyloid.tracers import normalise_tracer
 
@@ -83,13 +84,14 @@ EXCLUSION_CODES = {
 }
 
 
-def cohort_dir(out: Path, run_name: str) -> Path:
-    """``OUT/group/<run-name>/``."""
-    return Path(out) / "group" / run_name
-
-
 def threshold_for(tracer: str, cfg: CohortConfig) -> float:
-    """The Centiloid threshold of ``tracer`` (per-tracer override, else the default)."""
+    """The Centiloid threshold of ``tracer`` (per-tracer override, else the default).
+
+    ``tracer`` is a normalised code (:func:`bids_amyloid.tracers.normalise_tracer`,
+    as inventories hold it); the configuration's keys are normalised the same
+    way, so ``PiB = 16.4`` applies to ``PIB`` scans. The cohort stage and the
+    predict level's evaluation both label through this function.
+    """
     for name, value in cfg.tracer_thresholds.items():
         try:
             code = normalise_tracer(name)
@@ -115,16 +117,12 @@ def required_contrasts(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(c for c in MRI_CONTRASTS if c in wanted)
 
 
-def _session(ses: str) -> str:
-    return f"ses-{ses}" if ses else "n/a"
-
-
 def _excluded_row(pet: PETScan, reasons: list[str], mri_ses: str | None) -> dict[str, object]:
     codes = [r.split(":", 1)[0] for r in reasons]
     return {
-        "participant_id": f"sub-{pet.sub}", "pet_session": _session(pet.ses),
+        "participant_id": f"sub-{pet.sub}", "pet_session": session_label(pet.ses),
         "tracer": pet.tracer, "pet_file": pet.path.name,
-        "mri_session": _session(mri_ses) if mri_ses is not None else "n/a",
+        "mri_session": session_label(mri_ses) if mri_ses is not None else "n/a",
         "centiloid": pet.centiloid, "reason": ";".join(codes),
         "detail": " | ".join(r.split(":", 1)[-1].strip() for r in reasons),
     }
@@ -211,8 +209,8 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
             excluded.append(_excluded_row(pet, reasons, mri.ses if mri else None))
             continue
         rows.append({
-            "participant_id": f"sub-{pet.sub}", "mri_session": _session(mri.ses),
-            "pet_session": _session(pet.ses), "tracer": pet.tracer,
+            "participant_id": f"sub-{pet.sub}", "mri_session": session_label(mri.ses),
+            "pet_session": session_label(pet.ses), "tracer": pet.tracer,
             "centiloid": float(pet.centiloid),
             "label": label_of(pet.centiloid, threshold_for(pet.tracer, ccfg)),
             "days_apart": days_apart(mri, pet), "split": "",
@@ -220,7 +218,7 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
     for skipped in inv.skipped:
         code, _, detail = skipped.reason.partition(":")
         excluded.append({
-            "participant_id": f"sub-{skipped.sub}", "pet_session": _session(skipped.ses),
+            "participant_id": f"sub-{skipped.sub}", "pet_session": session_label(skipped.ses),
             "tracer": "n/a", "pet_file": skipped.path.name, "mri_session": "n/a",
             "centiloid": None, "reason": code, "detail": detail.strip(),
         })
@@ -234,11 +232,6 @@ def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | No
     excl = excl.sort_values(["participant_id", "pet_session", "pet_file"],
                             kind="stable").reset_index(drop=True)
     return cohort, excl
-
-
-def to_tsv(frame: pd.DataFrame) -> str:
-    """Deterministic TSV text (``n/a`` for missing, ``\\n`` line ends, shortest floats)."""
-    return frame.to_csv(sep="\t", index=False, lineterminator="\n", na_rep="n/a")
 
 
 def load_cohort(path: Path) -> pd.DataFrame:
@@ -317,13 +310,13 @@ def _date_text(date: datetime.date | None, source: str) -> str:
 def provenance_table(inv: Inventory) -> pd.DataFrame:
     """Where every date and Centiloid came from: one row per MRI session and PET scan."""
     rows: list[dict[str, object]] = [{
-        "participant_id": f"sub-{m.sub}", "session": _session(m.ses), "modality": "MRI",
+        "participant_id": f"sub-{m.sub}", "session": session_label(m.ses), "modality": "MRI",
         "tracer": "n/a", "files": " ".join(p.name for p in m.images.values()),
         "date": _date_text(m.date, m.date_source), "date_source": m.date_source,
         "centiloid": None, "centiloid_source": "n/a",
     } for m in inv.mri]
     rows += [{
-        "participant_id": f"sub-{p.sub}", "session": _session(p.ses), "modality": "PET",
+        "participant_id": f"sub-{p.sub}", "session": session_label(p.ses), "modality": "PET",
         "tracer": p.tracer, "files": p.path.name, "date": _date_text(p.date, p.date_source),
         "date_source": p.date_source, "centiloid": p.centiloid,
         "centiloid_source": p.centiloid_note,
@@ -337,11 +330,12 @@ def write_cohort(folder: Path, cohort: pd.DataFrame, excluded: pd.DataFrame,
                  meta: dict[str, object], provenance: pd.DataFrame | None = None
                  ) -> tuple[Path, Path]:
     """Write ``cohort.tsv``, ``excluded.tsv``, ``cohort.json`` (+ ``provenance.tsv``) atomically."""
-    cohort_path = write_text(folder / "cohort.tsv", to_tsv(cohort))
-    excluded_path = write_text(folder / "excluded.tsv", to_tsv(excluded))
+    files = GroupRun(folder)
+    cohort_path = write_tsv(files.cohort, cohort)
+    excluded_path = write_tsv(files.excluded, excluded)
     if provenance is not None:
-        write_text(folder / "provenance.tsv", to_tsv(provenance))
-    write_json(folder / "cohort.json", meta)
+        write_tsv(files.provenance, provenance)
+    write_json(files.cohort_json, meta)
     return cohort_path, excluded_path
 
 
@@ -365,7 +359,7 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
     check_cohort_config(cfg.cohort)
     inv = collect_inventory(opts, cfg)
     cohort, excluded = build_cohort(inv, cfg, contrasts)
-    folder = cohort_dir(opts.output_dir, opts.run_name)
+    files = GroupRun.of(opts.output_dir, opts.run_name)
     meta = {
         "Description": "MRI-PET pairs, labels and subject-level split (bids-amyloid)",
         "Contrasts": list(contrasts),
@@ -385,13 +379,13 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
     }
     provenance = provenance_table(inv)
     if not len(cohort):
-        write_text(folder / "excluded.tsv", to_tsv(excluded))
-        write_text(folder / "provenance.tsv", to_tsv(provenance))
+        write_tsv(files.excluded, excluded)
+        write_tsv(files.provenance, provenance)
         raise NothingSelectedError(
             f"no MRI–PET pair passes the cohort rules ({len(excluded)} PET scans excluded; "
-            f"reasons in {folder / 'excluded.tsv'})")
-    write_cohort(folder, cohort, excluded, meta, provenance)
-    return cohort, excluded, folder
+            f"reasons in {files.excluded})")
+    write_cohort(files.folder, cohort, excluded, meta, provenance)
+    return cohort, excluded, files.folder
 
 
 def run_cohort_stage(opts: RunOptions, cfg: AppConfig) -> int:
@@ -402,5 +396,6 @@ def run_cohort_stage(opts: RunOptions, cfg: AppConfig) -> int:
     cohort, excluded, folder = make_cohort(opts, cfg)
     # The command's user-facing result (like the paper's Table 1): printed, not logged.
     print(format_summary(cohort, excluded))
-    print(f"Written: {folder / 'cohort.tsv'} and {folder / 'excluded.tsv'}")
+    files = GroupRun(folder)
+    print(f"Written: {files.cohort} and {files.excluded}")
     return 0

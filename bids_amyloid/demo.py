@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_amyloid.derivatives import GroupRun, PredictRun
 from bids_amyloid.io import write_text
 
 BACKBONE = "vit_tiny_patch16_224"
@@ -153,7 +154,7 @@ def run_demo(outdir: Path, n_train: int, n_held_out: int, seed: int, nprocs: int
               "the group level uses the others")
 
     start = _step(f"3/4 group level --stage all ({BACKBONE}, short schedule)")
-    student = out / "group" / RUN_NAME / "student_T1w.pt"
+    student = GroupRun.of(out, RUN_NAME).student(("T1w",))
     if not student.is_file():
         code = _app(str(bids), str(out), "group", "--stage", "all", "--run-name", RUN_NAME,
                     "--participant-label", *train, "--config", str(schedule),
@@ -175,25 +176,24 @@ def run_demo(outdir: Path, n_train: int, n_held_out: int, seed: int, nprocs: int
 
 def report(out: Path, timings: dict[str, float]) -> None:
     """Print the metrics tables and where everything is."""
-    group = out / "group" / RUN_NAME
-    predicted = out / "predict" / "student_T1w"
+    group = GroupRun.of(out, RUN_NAME)
+    predicted = PredictRun.of(out, "student_T1w")
+    metrics = ["n", "n_positive", "auc", "auc_ci_low", "auc_ci_high", "f1@0.5", "f1@tau",
+               "threshold"]
     print("\n=== group level: metrics (validation and test splits of the training cohort)")
-    print(_table(group / "metrics.tsv", ["model", "split", "n", "auc", "auc_ci_low",
-                                         "auc_ci_high", "f1@0.5", "f1@tau", "threshold"]))
+    print(_table(group.metrics, ["model", "split", *metrics]))
     print("\n=== predict on held-out subjects")
-    print(_table(predicted / "predictions.tsv", ["participant_id", "session_id", "probability",
-                                                 "positive_at_tau", "in_training_cohort"]))
-    if (predicted / "metrics.tsv").is_file():
+    print(_table(predicted.predictions, ["participant_id", "session_id", "probability",
+                                         "positive_at_tau", "cohort_split"]))
+    if predicted.metrics.is_file():
         print("\nagainst their Centiloid labels:")
-        print(_table(predicted / "metrics.tsv", ["set", "n_pairs", "n_positive", "auc",
-                                                 "auc_ci_low", "auc_ci_high", "f1@0.5",
-                                                 "f1@tau"]))
+        print(_table(predicted.metrics, ["set", *metrics]))
     pages = sorted(out.glob("sub-*.html"))
     print("\n=== reports")
     print(f"participant QC pages : {len(pages)} × {out}/sub-*.html")
-    print(f"group report         : {group / 'report.html'}")
-    print(f"predictions          : {predicted / 'predictions.tsv'}")
-    print(f"saliency pages       : {predicted}/sub-*.html")
+    print(f"group report         : {group.report}")
+    print(f"predictions          : {predicted.predictions}")
+    print(f"saliency pages       : {predicted.page('*')}")
     total = sum(timings.values())
     print("\ntimings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; total {total / 60:.1f} min")

@@ -141,8 +141,8 @@ def metrics_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | n
     """
     y, p = _arrays(labels, probs)
     value, low, high = auc_with_ci(y, p, subjects, n_boot=n_boot, seed=seed)
-    row: dict[str, float] = {"n": float(y.size), "n_subjects": float(len(set(subjects))),
-                             "n_positive": float(y.sum()),
+    row: dict[str, float] = {"n": int(y.size), "n_subjects": len(set(subjects)),
+                             "n_positive": int(y.sum()),
                              "auc": value, "auc_ci_low": low, "auc_ci_high": high,
                              "threshold": float(tau)}
     for name, thr in (("0.5", 0.5), ("tau", tau)):

@@ -1,6 +1,9 @@
 """Atomic file writing: write to a temporary name beside the target, then rename.
 
-A run killed mid-write leaves no partial file under a final name.
+A run killed mid-write leaves no partial file under a final name. Every TSV
+of the app goes through :func:`write_tsv`: ``n/a`` for missing values (BIDS),
+``\n`` line ends, floats in their shortest exact form (what ``repr`` gives), so
+a value read back is the value written and same inputs give the same bytes.
 
 Example
 -------
@@ -20,7 +23,12 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import pandas as pd
 
 TMP_MARK = ".tmp-"
 
@@ -64,6 +72,24 @@ def write_text(target: Path | str, text: str) -> Path:
 def write_json(target: Path | str, data: Any) -> Path:
     """Write ``data`` as indented JSON atomically."""
     return write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def to_tsv(frame: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """TSV text of ``frame``; an empty frame with ``columns`` gives just that header.
+
+    >>> import pandas as pd
+    >>> to_tsv(pd.DataFrame({"a": [0.1, None], "b": ["x", "y"]}))
+    'a\\tb\\n0.1\\tx\\nn/a\\ty\\n'
+    """
+    if columns is not None and frame.empty:
+        frame = frame.reindex(columns=list(columns))
+    return frame.to_csv(sep="\t", index=False, na_rep="n/a", lineterminator="\n")
+
+
+def write_tsv(target: Path | str, frame: pd.DataFrame, columns: Sequence[str] | None = None
+              ) -> Path:
+    """Write :func:`to_tsv` of ``frame`` to ``target`` atomically."""
+    return write_text(target, to_tsv(frame, columns))
 
 
 def remove_stale_temporaries(folder: Path | str) -> int:

@@ -411,7 +411,8 @@ def test_dataset_without_sessions(tmp_path):
 
 
 def test_sessionless_cohort_round_trip(tmp_path):
-    from bids_amyloid.cohort import build_cohort, load_cohort, to_tsv
+    from bids_amyloid.cohort import build_cohort, load_cohort
+    from bids_amyloid.io import to_tsv
 
     b = BidsBuilder(tmp_path / "bids")
     for i in range(1, 11):

@@ -26,10 +26,10 @@ from bids_amyloid.cohort import (
     required_contrasts,
     run_cohort_stage,
     threshold_for,
-    to_tsv,
 )
 from bids_amyloid.config import AppConfig, CohortConfig, apply_overrides
 from bids_amyloid.errors import InputDataError, NothingSelectedError, UsageError
+from bids_amyloid.io import to_tsv
 from bids_amyloid.options import RunOptions
 from tests.bids_builders import BidsBuilder, simple_dataset
 

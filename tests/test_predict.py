@@ -1,4 +1,4 @@
-"""Predict level: MRI-only inference, refusals, training-subject flag, saliency, determinism."""
+"""Predict level: MRI-only inference, refusals, cohort-split flag, saliency, determinism."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pytest
 
 from bids_amyloid import cli
 from bids_amyloid import derivatives as drv
-from bids_amyloid.config import AppConfig, ModelConfig, config_to_dict
+from bids_amyloid.config import AppConfig, CohortConfig, ModelConfig
 from bids_amyloid.errors import EXIT_INPUT_MISSING, EXIT_NOTHING_SELECTED
-from bids_amyloid.predict import PREDICTION_COLUMNS, load_slices, plan_sessions
+from bids_amyloid.predict.plan import plan_sessions
+from bids_amyloid.predict.tables import PREDICTION_COLUMNS
+from bids_amyloid.slice_selection import load_slices
 from tests.bids_builders import BidsBuilder
 
 CFG = AppConfig(model=ModelConfig(backbone="test_vit"))
@@ -36,9 +38,10 @@ def fake_brain_slices(seed: int, n: int = 30, size: int = 224) -> np.ndarray:
 def write_participant_outputs(out: Path, bids: Path, raw: Path, sub: str, ses: str,
                               contrast: str, cfg: AppConfig, seed: int) -> Path:
     """What the participant level leaves for one contrast: preproc sidecar + slice cache."""
-    from bids_amyloid.preproc.pipeline import parameter_hash, source_uri
+    from bids_amyloid.derivatives import source_uri
+    from bids_amyloid.participant.outputs import parameter_hash, unit_parameters
 
-    meta = {"ParameterHash": parameter_hash(cfg), "Parameters": config_to_dict(cfg.preproc)}
+    meta = {"ParameterHash": parameter_hash(cfg, "mri"), "Parameters": unit_parameters(cfg, "mri")}
     image = drv.derivative_path(out, sub, ses, "anat", suffix=contrast, ext=".nii.gz",
                                 space="MNI152NLin2009aSym", desc="preproc")
     drv.write_json(drv.sidecar_of(image), {**meta, "Sources": [source_uri(raw, bids)]})
@@ -55,7 +58,8 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     path = tmp_path_factory.mktemp("model") / "student_T1w.pt"
     save_model(path, build_student(CFG, ("T1w",)), CFG,
-               {"thresholds": {"fixed": 0.5, "tau": 0.42}, "training_participants": ["sub-01"]})
+               {"thresholds": {"fixed": 0.5, "tau": 0.42}, "training_participants": ["sub-01"],
+                "validation_participants": ["sub-02"], "test_participants": ["sub-03"]})
     return path
 
 
@@ -108,11 +112,14 @@ def test_predict_without_pet_or_centiloid(tmp_path: Path, model_file: Path,
     assert (table["positive_at_0.5"].astype(int) == (probs > 0.5).astype(int)).all()
     assert (table["contrasts_used"] == "T1w").all()
     assert table["model_sha256"].str.fullmatch(r"[0-9a-f]{64}").all()
-    # the training-cohort subject is flagged and warned about
-    assert table.set_index("participant_id")["in_training_cohort"].to_dict() == {
-        "sub-01": "true", "sub-02": "false", "sub-03": "false"}
-    assert any("training cohort" in r.getMessage() and "sub-01" in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING)
+    # each subject's split in the model's cohort; train AND val subjects shaped the model:
+    # both are warned about, the test subject is not
+    assert table.set_index("participant_id")["cohort_split"].to_dict() == {
+        "sub-01": "train", "sub-02": "val", "sub-03": "test"}
+    warned = [r.getMessage() for r in caplog.records
+              if r.levelno == logging.WARNING and "training cohort" in r.getMessage()]
+    assert len(warned) == 1 and "sub-01" in warned[0] and "sub-02" in warned[0]
+    assert "sub-03" not in warned[0]
     # the session without the model's contrast is listed with its reason
     excluded = read_tsv(folder / "excluded.tsv")
     assert excluded["participant_id"].tolist() == ["sub-04"]
@@ -141,7 +148,7 @@ def test_allow_training_subjects_silences_warning(tmp_path: Path, model_file: Pa
         assert predict(bids, out, model_file, "--allow-training-subjects") == 0
     assert not any("training cohort" in r.getMessage() for r in caplog.records)
     table = read_tsv(out / "predict" / "student_T1w" / "predictions.tsv")
-    assert table["in_training_cohort"].tolist() == ["true"], "still flagged in the table"
+    assert table["cohort_split"].tolist() == ["train"], "still flagged in the table"
 
 
 def test_multi_contrast_model_uses_the_subset_present(tmp_path: Path,
@@ -156,7 +163,7 @@ def test_multi_contrast_model_uses_the_subset_present(tmp_path: Path,
     assert table.loc["sub-01", "note"] == "n/a"
     assert table.loc["sub-02", "contrasts_used"] == "T1w"
     assert "T2w missing" in table.loc["sub-02", "note"]
-    assert table.loc["sub-01", "in_training_cohort"] == "n/a", "model records no cohort"
+    assert table.loc["sub-01", "cohort_split"] == "n/a", "model records no cohort"
     excluded = read_tsv(out / "predict" / "student_T1w-T2w" / "excluded.tsv")
     assert excluded["participant_id"].tolist() == ["sub-03"]
     assert "T1w or T2w" in excluded["reason"].iloc[0]
@@ -235,20 +242,76 @@ def test_metrics_when_centiloid_is_available(tmp_path: Path, model_file: Path) -
     assert len(evaluation) == 6
     assert evaluation["label"].astype(int).tolist() == [1, 0, 1, 0, 1, 0]
     assert set(evaluation["days_apart"]) == {"60"}
+    assert evaluation["cohort_split"].tolist()[:3] == ["train", "val", "test"]
     metrics = read_tsv(folder / "metrics.tsv").set_index("set")
-    assert list(metrics.index) == ["all", "not_in_training_cohort"]
-    assert int(metrics.loc["all", "n_pairs"]) == 6
-    assert int(metrics.loc["not_in_training_cohort", "n_pairs"]) == 5
-    for column in ("auc", "auc_ci_low", "auc_ci_high", "f1@0.5", "f1@tau", "npv@tau",
-                   "specificity@0.5"):
-        assert column in metrics.columns
+    assert list(metrics.index) == ["all", "not_train_or_val"]  # sub-01 train, sub-02 val
+    assert metrics.loc["all", ["n", "n_subjects", "n_positive"]].tolist() == ["6", "6", "3"]
+    assert int(metrics.loc["not_train_or_val", "n"]) == 4
+    assert float(metrics.loc["all", "threshold"]) == 0.42
+    # the group level's metrics columns, in its order (one row function for both levels)
+    from bids_amyloid.evaluation import metrics_row
+
+    assert list(metrics.columns) == list(metrics_row([0, 1], [0.2, 0.8], ["a", "b"], 0.5))
+
+
+def test_per_tracer_threshold_applies_as_at_the_cohort_stage(tmp_path: Path) -> None:
+    """``PiB = 16.4`` (any spelling of the tracer) labels a PiB scan of Centiloid 18 positive,
+    as the cohort stage does; AV45 keeps the default 20.6."""
+    from bids_amyloid.models import build_student, save_model
+
+    cfg = AppConfig(model=CFG.model, cohort=CohortConfig(tracer_thresholds={"PiB": 16.4}))
+    model = save_model(tmp_path / "student_T1w.pt", build_student(cfg, ("T1w",)), cfg,
+                       {"thresholds": {"tau": 0.5}})
+    out = tmp_path / "out"
+    b = BidsBuilder(tmp_path / "bids")
+    for sub, tracer in (("01", "PiB"), ("02", "AV45")):
+        raw = b.anat(sub, "01", "T1w")
+        b.pet(sub, "02", tracer)
+        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
+                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
+                          "centiloid": 18.0}])
+        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=1)
+    drv.init_output(out, b.root)
+    assert predict(b.root, out, model) == 0
+    evaluation = read_tsv(out / "predict" / "student_T1w" / "evaluation.tsv").set_index("tracer")
+    assert evaluation.loc["PIB", ["threshold", "label"]].tolist() == ["16.4", "1"]
+    assert evaluation.loc["AV45", ["threshold", "label"]].tolist() == ["20.6", "0"]
+
+
+def test_a_model_file_naming_only_training_subjects(caplog: pytest.LogCaptureFixture) -> None:
+    """Files written before validation subjects were recorded: train known, the rest unknown."""
+    from bids_amyloid.predict.model import cohort_splits
+
+    assert cohort_splits({}) is None
+    with caplog.at_level(logging.WARNING):
+        assert cohort_splits({"training_participants": ["sub-01", "02"]}) == {
+            "01": "train", "02": "train"}
+    assert any("validation subjects" in r.getMessage() for r in caplog.records)
+
+
+def test_group_run_records_every_split_in_the_model_file() -> None:
+    """train/run.py's model metadata names the train, val and test subjects."""
+    from types import SimpleNamespace
+
+    from bids_amyloid.predict.model import cohort_splits
+    from bids_amyloid.train.run import _meta
+
+    data = {split: SimpleNamespace(subjects=subjects) for split, subjects in
+            (("train", ["sub-01", "sub-02", "sub-01"]), ("val", ["sub-03"]), ("test", ["sub-04"]))}
+    run = SimpleNamespace(data=data, opts=SimpleNamespace(run_name="r"))
+    meta = _meta(run, "student", ("T1w",), 0.4)  # type: ignore[arg-type]
+    assert meta["training_participants"] == ["sub-01", "sub-02"]
+    assert meta["validation_participants"] == ["sub-03"]
+    assert meta["test_participants"] == ["sub-04"]
+    assert cohort_splits(meta) == {"01": "train", "02": "train", "03": "val", "04": "test"}
 
 
 def test_parameters_mismatch_is_not_reused(tmp_path: Path, model_file: Path) -> None:
     """Caches made with other preprocessing parameters are neither reused nor overwritten."""
     from bids_amyloid.bids import MRISession
     from bids_amyloid.options import RunOptions
-    from bids_amyloid.predict import PredictModel, cache_is_reusable, locate_caches
+    from bids_amyloid.predict.model import PredictModel
+    from bids_amyloid.predict.plan import cache_is_reusable, locate_caches
 
     out = tmp_path / "out"
     b = BidsBuilder(tmp_path / "bids")
@@ -320,9 +383,9 @@ def test_saliency_maps_on_the_template_grid(tmp_path: Path, model_file: Path) ->
 
 def test_slice_geometry_inverts_the_slice_extraction() -> None:
     """A template plane → participant-level slice → back: the same image (interpolation aside)."""
+    from bids_amyloid.predict.saliency import to_template
     from bids_amyloid.preproc.slices import extract_mri_slices
     from bids_amyloid.preproc.template import load_template
-    from bids_amyloid.saliency import to_template
 
     template = load_template(CFG.preproc)
     slices, indices = extract_mri_slices(template, CFG.preproc)
@@ -379,7 +442,7 @@ def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(tmp_path
     table = read_tsv(folder / "predictions.tsv")
     assert table["session_id"].tolist() == sessions
     assert table["probability"].astype(float).between(0, 1).all()
-    assert table["in_training_cohort"].tolist() == ["false"] * len(sessions)
+    assert table["cohort_split"].tolist() == ["none"] * len(sessions)
     # predict preprocessed the MRI into OUT, the participant level's place, and nothing of PET
     for ses in sessions:
         cache = drv.mri_slice_cache(out, "001", ses.removeprefix("ses-"), "T1w")

@@ -35,6 +35,7 @@ import numpy as np
 from bids_amyloid import __version__
 from bids_amyloid.derivatives import report_path
 from bids_amyloid.io import write_text
+from bids_amyloid.pages import html_page
 
 LOG = logging.getLogger(__name__)
 
@@ -331,9 +332,7 @@ def build_report(sub: str, records: list[dict[str, Any]], failures: Iterable[Fai
         body.append(f'<div class="fail"><b>{_fmt(fail.unit)} FAILED</b>: {_fmt(fail.reason)}'
                     f"<br>log: {_fmt(fail.log)}</div>")
     body.extend(_section(rec) for rec in records)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>sub-{_fmt(sub)} QC</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return html_page(f"sub-{sub} QC", "\n".join(body), _CSS)
 
 
 def write_subject_report(out: Path, sub: str, failures: Iterable[Failure] = ()) -> Path:

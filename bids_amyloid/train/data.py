@@ -28,15 +28,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bids_amyloid import derivatives
 from bids_amyloid.errors import InputDataError
+from bids_amyloid.slice_selection import even_positions
 
 LOG = logging.getLogger(__name__)
-
-
-def even_positions(n_available: int, n_wanted: int) -> list[int]:
-    """``n_wanted`` evenly spaced positions in ``range(n_available)`` (all if fewer)."""
-    if n_available <= n_wanted:
-        return list(range(n_available))
-    return sorted({int(k) for k in np.rint(np.linspace(0, n_available - 1, n_wanted))})
 
 
 def _strip(label: str, prefix: str) -> str:

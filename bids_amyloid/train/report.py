@@ -6,7 +6,6 @@ needed) and embedded in the HTML as base64 PNG, so the report is one file.
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -19,17 +18,13 @@ import pandas as pd
 
 from bids_amyloid import __version__
 from bids_amyloid.config import AppConfig, dump_config
-from bids_amyloid.io import atomic_path, write_text
+from bids_amyloid.derivatives import GroupRun
+from bids_amyloid.evaluation import evaluation_table
+from bids_amyloid.io import atomic_path, write_text, write_tsv
+from bids_amyloid.pages import html_page, png_img
 from bids_amyloid.train.data import SliceCacheDataset
-from bids_amyloid.train.metrics import evaluation_table
 
 LOG = logging.getLogger(__name__)
-
-
-def write_tsv(path: Path, frame: pd.DataFrame) -> None:
-    """Tab-separated, ``n/a`` for missing values, written atomically."""
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
 
 
 def prediction_frame(dataset: SliceCacheDataset, out: dict[str, np.ndarray], model: str,
@@ -157,8 +152,7 @@ def curves_figure(histories: dict[str, list[dict[str, Any]]]) -> bytes | None:
 def _img(data: bytes | None, alt: str) -> str:
     if data is None:
         return f"<p><em>{html.escape(alt)}: not available</em></p>"
-    return (f'<img alt="{html.escape(alt)}" src="data:image/png;base64,'
-            f'{base64.b64encode(data).decode()}">')
+    return png_img(data, alt)
 
 
 def _table(frame: pd.DataFrame) -> str:
@@ -191,17 +185,15 @@ def metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-PAGE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>bids-amyloid group run {name}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-h1 {{ font-size: 1.5em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 1.6em; }}
-table.t {{ border-collapse: collapse; font-size: 0.9em; }}
-table.t td, table.t th {{ padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }}
-img {{ max-width: 100%; }} pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; }}
-.note {{ color: #555; }}
-</style></head><body>
-<h1>bids-amyloid {version} — group run <code>{name}</code></h1>
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 1.6em; }
+table.t { border-collapse: collapse; font-size: 0.9em; }
+table.t td, table.t th { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: right; }
+img { max-width: 100%; } pre { background: #f6f6f6; padding: 1em; font-size: 0.8em; }
+.note { color: #555; }
+"""
+BODY = """<h1>bids-amyloid {version} — group run <code>{name}</code></h1>
 <ul class="note">{notes}</ul>
 <h2>Cohort</h2>{cohort}
 <h2>Metrics</h2>
@@ -213,34 +205,33 @@ optimistic; test is the honest estimate. Two students are kept: best validation 
 {metrics}
 <h2>ROC curves</h2>{roc_test}{roc_epochs}
 <h2>Training</h2>{curves}
-<h2>Configuration</h2><details><summary>config.toml</summary><pre>{config}</pre></details>
-</body></html>
-"""
+<h2>Configuration</h2><details><summary>config.toml</summary><pre>{config}</pre></details>"""
 
 
-def write_outputs(folder: Path, cfg: AppConfig, cohort: pd.DataFrame, predictions: pd.DataFrame,
-                  taus: dict[str, float], history_paths: dict[str, Path],
-                  notes: list[str] | None = None) -> pd.DataFrame:
+def write_outputs(files: GroupRun, cfg: AppConfig, cohort: pd.DataFrame,
+                  predictions: pd.DataFrame, taus: dict[str, float],
+                  history_paths: dict[str, Path], notes: list[str] | None = None) -> pd.DataFrame:
     """Write predictions, metrics, figures and the HTML report; return the metrics table."""
-    write_tsv(folder / "predictions.tsv", predictions)
+    write_tsv(files.predictions, predictions)
     metrics = evaluation_table(predictions, taus, n_boot=cfg.train.bootstrap, seed=cfg.train.seed)
-    write_tsv(folder / "metrics.tsv", metrics)
+    write_tsv(files.metrics, metrics)
     histories = load_histories(history_paths)
-    figures = {"roc_epochs.png": roc_epochs_figure(histories),
-               "roc_test.png": roc_test_figure(predictions),
-               "training_curves.png": curves_figure(histories)}
+    figures = {"roc_epochs": roc_epochs_figure(histories),
+               "roc_test": roc_test_figure(predictions),
+               "training_curves": curves_figure(histories)}
     for name, data in figures.items():
         if data is not None:
-            _write_png(folder / name, data)
-    page = PAGE.format(
-        name=html.escape(folder.name), version=__version__,
+            _write_png(files.figure(name), data)
+    name = files.folder.name
+    body = BODY.format(
+        name=html.escape(name), version=__version__,
         notes="".join(f"<li>{html.escape(n)}</li>" for n in notes or []),
         cohort=_table(cohort_summary(cohort)), n_boot=cfg.train.bootstrap,
         metrics=_table(metrics_view(metrics)),
-        roc_test=_img(figures["roc_test.png"], "ROC of the final models"),
-        roc_epochs=_img(figures["roc_epochs.png"], "validation ROC, first vs last epoch"),
-        curves=_img(figures["training_curves.png"], "training curves"),
+        roc_test=_img(figures["roc_test"], "ROC of the final models"),
+        roc_epochs=_img(figures["roc_epochs"], "validation ROC, first vs last epoch"),
+        curves=_img(figures["training_curves"], "training curves"),
         config=html.escape(dump_config(cfg)))
-    write_text(folder / "report.html", page)
-    LOG.info("wrote %s", folder / "report.html")
+    write_text(files.report, html_page(f"bids-amyloid group run {name}", body, CSS))
+    LOG.info("wrote %s", files.report)
     return metrics

@@ -43,8 +43,11 @@ import torch
 from torch import nn
 
 from bids_amyloid.config import AppConfig, apply_overrides, dump_config
+from bids_amyloid.derivatives import GroupRun, student_file  # noqa: F401  (tests import it here)
+from bids_amyloid.device import resolve_device
 from bids_amyloid.errors import InputMissingError, UsageError
-from bids_amyloid.io import write_text
+from bids_amyloid.evaluation import best_threshold
+from bids_amyloid.io import write_text, write_tsv
 from bids_amyloid.options import RunOptions
 from bids_amyloid.train import report
 from bids_amyloid.train.data import (
@@ -60,7 +63,6 @@ from bids_amyloid.train.loop import (
     load_best,
     seed_all,
 )
-from bids_amyloid.train.metrics import best_threshold
 from bids_amyloid.train.phases import (
     ContrastivePhase,
     DistillPhase,
@@ -122,20 +124,6 @@ class Dist:
                 tdist.destroy_process_group()
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``auto`` → CUDA (this rank's GPU) when available, else CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
-
-
 @contextmanager
 def deterministic(on: bool) -> Iterator[None]:
     """``--deterministic``: deterministic kernels only (restored afterwards)."""
@@ -166,12 +154,6 @@ def plan_phases(stage: str, ablate: tuple[str, ...], external_teacher: bool) -> 
     return phases
 
 
-def student_file(contrasts: tuple[str, ...], selection: str = "") -> str:
-    """``student_T1w.pt``, ``student_T1w+T2w_best-cosine.pt``."""
-    tail = f"_{selection}" if selection else ""
-    return f"student_{'+'.join(contrasts)}{tail}.pt"
-
-
 def union(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(c for g in groups for c in g))
 
@@ -194,14 +176,18 @@ class Run:
     def writer(self) -> bool:
         return self.dist.rank == 0
 
+    @property
+    def files(self) -> GroupRun:
+        return GroupRun(self.folder)
+
     def ckpt(self, phase: str) -> Path:
-        return self.folder / "checkpoints" / phase
+        return self.files.checkpoints(phase)
 
 
 # -- cohort and data --------------------------------------------------------------------------
 def prepare_cohort(opts: RunOptions, cfg: AppConfig, folder: Path, dist: Dist) -> pd.DataFrame:
     """Build ``cohort.tsv`` (rank 0) unless one exists and ``--overwrite`` was not given."""
-    path = folder / "cohort.tsv"
+    path = GroupRun(folder).cohort
     if dist.rank == 0 and (opts.overwrite or not path.is_file()):
         from bids_amyloid.cohort import run_cohort_stage
 
@@ -210,7 +196,7 @@ def prepare_cohort(opts: RunOptions, cfg: AppConfig, folder: Path, dist: Dist) -
             raise InputMissingError(f"building the cohort failed (exit code {code}); see above")
     elif dist.rank == 0:
         LOG.info("using the existing %s (--overwrite rebuilds it)", path)
-        sidecar = folder / "cohort.json"
+        sidecar = GroupRun(folder).cohort_json
         built_for = json.loads(sidecar.read_text()).get("Contrasts") if sidecar.is_file() else None
         lacking = [c for c in cfg.cohort.contrasts if built_for is not None and c not in built_for]
         if built_for is not None and lacking:
@@ -228,15 +214,15 @@ def make_datasets(cohort: pd.DataFrame, out: Path, contrasts: tuple[str, ...], c
     usable, missing = check_caches(cohort, out, contrasts, with_pet=True)
     if len(missing):
         LOG.warning("%d cohort rows lack slice caches and are left out (listed in %s); "
-                    "run the participant level for them", len(missing), folder / "missing.tsv")
+                    "run the participant level for them", len(missing), GroupRun(folder).missing)
         if writer:
-            report.write_tsv(folder / "missing.tsv", missing)
+            write_tsv(GroupRun(folder).missing, missing)
     data = {}
     for split in SPLITS:
         rows = usable[usable["split"] == split]
         if split != "test" and rows.empty:
             raise InputMissingError(
-                f"no {split} rows with slice caches in {folder / 'cohort.tsv'}: run the "
+                f"no {split} rows with slice caches in {GroupRun(folder).cohort}: run the "
                 f"participant level first (contrasts {', '.join(contrasts)} and PET)")
         data[split] = SliceCacheDataset(rows, out, contrasts, cfg.train.n_train_slices,
                                         with_pet=True, pet_scale=cfg.train.pet_scale)
@@ -279,7 +265,7 @@ def train_phase(run: Run, task: Any, batch_size: int) -> int:
         settings = LoopSettings(device=run.device, seed=run.cfg.train.seed, amp=run.cfg.train.amp,
                                 rank=run.dist.rank, world=run.dist.world,
                                 progress=run.opts.progress)
-        log = TrainingLog(run.folder / "training.tsv", _earlier_rows(run, task.name))
+        log = TrainingLog(run.files.training, _earlier_rows(run, task.name))
         trainer = Trainer(task, loader, settings, ckpt, log)
         if run.opts.resume:
             trainer.resume()
@@ -317,10 +303,11 @@ def _save(run: Run, path: Path, model: Any, meta: dict[str, Any]) -> None:
 
 def _meta(run: Run, role: str, contrasts: tuple[str, ...], tau: float, **extra: Any
           ) -> dict[str, Any]:
-    train = run.data["train"]
     return {"role": role, "contrasts": list(contrasts),
             "thresholds": {"0.5": 0.5, "tau": float(tau)},
-            "training_participants": sorted(set(train.subjects)),
+            "training_participants": sorted(set(run.data["train"].subjects)),
+            "validation_participants": sorted(set(run.data["val"].subjects)),
+            "test_participants": sorted(set(run.data["test"].subjects)),
             "run_name": run.opts.run_name, **extra}
 
 
@@ -348,7 +335,7 @@ def val_tau(run: Run, model: nn.Module, role: str, contrasts: tuple[str, ...]) -
 
 def teacher_phases(run: Run, phases: list[str]) -> None:
     """Phases 1 and/or 2; writes ``teacher.pt``."""
-    cfg, path = run.cfg, run.folder / "teacher.pt"
+    cfg, path = run.cfg, run.files.teacher
     teacher: Any = None
     best: dict[str, int] = {}
     if "pretrain" in phases:
@@ -376,7 +363,7 @@ def teacher_phases(run: Run, phases: list[str]) -> None:
 def distill_phase(run: Run) -> None:
     """Phase 3 from ``--teacher`` or the run's ``teacher.pt``; writes both students."""
     cfg = run.cfg
-    source = run.opts.teacher or run.folder / "teacher.pt"
+    source = run.opts.teacher or run.files.teacher
     if not source.is_file():
         raise InputMissingError(f"{source} does not exist: run the teacher stages first "
                                 "or give --teacher PATH")
@@ -392,18 +379,18 @@ def distill_phase(run: Run) -> None:
         meta = _meta(run, "student", run.student_contrasts, tau, selection=f"best val {key}",
                      best_epoch=epoch, teacher=str(source), teacher_contrasts=list(
                          run.teacher_contrasts))
-        _save(run, run.folder / student_file(run.student_contrasts, selection), student, meta)
+        _save(run, run.files.student(run.student_contrasts, selection), student, meta)
 
 
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate(run: Run) -> None:
     """Predictions and metrics of every model file of the run (rank 0)."""
     files: list[tuple[str, Path, str, tuple[str, ...]]] = []
-    teacher = run.opts.teacher or run.folder / "teacher.pt"
+    teacher = run.opts.teacher or run.files.teacher
     if teacher.is_file():
         files.append(("teacher", teacher, "teacher", run.teacher_contrasts))
     for selection in ("", "best-cosine"):
-        path = run.folder / student_file(run.student_contrasts, selection)
+        path = run.files.student(run.student_contrasts, selection)
         if path.is_file():
             name = path.stem
             files.append((name, path, "student", run.student_contrasts))
@@ -417,7 +404,7 @@ def evaluate(run: Run) -> None:
             out = predict(run, model, role, contrasts, split)
             frames.append(report.prediction_frame(run.data[split], out, name, split, taus[name]))
     predictions = pd.concat(frames, ignore_index=True)
-    report.write_outputs(run.folder, run.cfg, run.cohort, predictions, taus,
+    report.write_outputs(run.files, run.cfg, run.cohort, predictions, taus,
                          {p: run.ckpt(p) / "history.json" for p in PHASES},
                          notes=_notes(run))
 
@@ -457,7 +444,7 @@ def _teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], fold
     ``--teacher-contrasts``, else the student's."""
     source = opts.teacher
     if source is None and "pretrain" not in phases and "no-pretrain" not in cfg.train.ablate:
-        source = folder / "teacher.pt"          # --stage contrastive / distill continue a run
+        source = GroupRun(folder).teacher       # --stage contrastive / distill continue a run
     if source is not None and source.is_file():
         from bids_amyloid.models import read_model_file
 
@@ -491,7 +478,7 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
         device = resolve_device(cfg.train.device, dist.local_rank)
         if device.type == "cuda" and not cfg.train.deterministic:
             torch.set_float32_matmul_precision("high")      # TF32 outside autocast
-        folder = opts.output_dir / "group" / opts.run_name
+        folder = GroupRun.of(opts.output_dir, opts.run_name).folder
         folder.mkdir(parents=True, exist_ok=True)
         student_c = tuple(cfg.cohort.contrasts)
         teacher_c = _teacher_contrasts(opts, cfg, phases, folder)
@@ -504,7 +491,7 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
             header = (f"# bids-amyloid group run {opts.run_name}: student contrasts "
                       f"{'+'.join(student_c)}, teacher contrasts {'+'.join(teacher_c)}; the "
                       f"cohort uses their union\n")
-            write_text(folder / "config.toml", header + dump_config(cfg))
+            write_text(GroupRun(folder).config, header + dump_config(cfg))
         cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
         data, usable = make_datasets(cohort, opts.output_dir, all_c, cfg, folder, dist.rank == 0)
         run = Run(opts=opts, cfg=cfg, dist=dist, device=device, folder=folder,

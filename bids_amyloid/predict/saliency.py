@@ -28,10 +28,10 @@ uses.
 
 from __future__ import annotations
 
-import base64
 import functools
 import html
 import io
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +41,16 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from bids_amyloid import derivatives as drv
-from bids_amyloid.config import TEMPLATE_SPACE, PreprocConfig
+from bids_amyloid.config import PreprocConfig, config_to_dict
+from bids_amyloid.derivatives import PredictRun, session_label
 from bids_amyloid.io import atomic_path, write_text
+from bids_amyloid.pages import html_page, png_img
+from bids_amyloid.predict.model import SEEN_SPLITS
+from bids_amyloid.slice_selection import load_slices
 
 if TYPE_CHECKING:
-    from bids_amyloid.predict import PredictModel, SessionPlan
+    from bids_amyloid.predict.model import PredictModel
+    from bids_amyloid.predict.plan import SessionPlan
 
 LOG = logging.getLogger(__name__)
 METHODS = ("gradient", "hirescam")
@@ -111,7 +115,6 @@ def compute_saliency(plan: SessionPlan, model: PredictModel) -> dict[str, Contra
     from pytorch_grad_cam import HiResCAM
 
     from bids_amyloid.models import prepare_slices
-    from bids_amyloid.predict import load_slices
 
     net, m = model.network.eval(), model.cfg.model
     n_slices = model.cfg.train.n_train_slices
@@ -164,7 +167,9 @@ def _coordinate_volume(shape: tuple[int, ...], axis: int) -> np.ndarray:
     return np.broadcast_to(ramp.reshape(view), shape).copy()
 
 
-@functools.lru_cache(maxsize=4)
+_GEOMETRY: dict[str, np.ndarray] = {}  # measured once per [preproc] configuration
+
+
 def slice_geometry(preproc: PreprocConfig) -> np.ndarray:
     """3×3 affine: slice pixel ``(row, col, 1)`` → template plane voxel ``(j, k, 1)``.
 
@@ -172,6 +177,13 @@ def slice_geometry(preproc: PreprocConfig) -> np.ndarray:
     voxel coordinate as intensity) with the participant level's own slice
     code, then a least-squares fit on pixels away from padding and borders.
     """
+    key = json.dumps(config_to_dict(preproc), sort_keys=True)
+    if key not in _GEOMETRY:
+        _GEOMETRY[key] = _measure_geometry(preproc)
+    return _GEOMETRY[key]
+
+
+def _measure_geometry(preproc: PreprocConfig) -> np.ndarray:
     from scipy import ndimage
 
     from bids_amyloid.preproc.slices import extract_mri_slices
@@ -280,11 +292,6 @@ def overlay_png(sal: ContrastSaliency, preproc: PreprocConfig, title: str) -> by
     return buffer.getvalue()
 
 
-def map_path(folder: Path, sub: str, ses: str, contrast: str, method: str) -> Path:
-    return drv.derivative_path(folder, sub, ses, "anat", suffix="saliency", ext=".nii.gz",
-                               space=TEMPLATE_SPACE, desc=f"{method}{contrast}")
-
-
 def _save(img: nib.Nifti1Image, path: Path) -> None:
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
@@ -299,54 +306,47 @@ def subject_page(sub: str, rows: pd.DataFrame, sections: list[tuple[str, str, by
                  model: PredictModel) -> str:
     """Self-contained HTML: the subject's predictions and each session's saliency figures."""
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>sub-{esc(sub)} saliency"
-             f"</title><style>{PAGE_STYLE}</style></head><body>",
-             f"<h1>sub-{esc(sub)} — amyloid prediction from MRI</h1>",
+    parts = [f"<h1>sub-{esc(sub)} — amyloid prediction from MRI</h1>",
              f"<p>Model <code>{esc(model.name)}</code> (SHA-256 {esc(model.sha256[:16])}…, "
              f"backbone {esc(model.network.backbone.info.name)}), τ = {model.tau:.3f}. "
              "Saliency shows which pixels of the slices the model saw moved its logit "
              "(gradient) and which image regions its last ViT block used (HiResCAM); both "
              "scaled per session. They explain the model, not the biology.</p>",
              rows.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)]
-    if (rows["in_training_cohort"] == "true").any():
-        parts.append("<p class='warn'>This subject was in the model's training cohort: its "
-                     "predictions are optimistic.</p>")
+    if rows["cohort_split"].isin(SEEN_SPLITS).any():
+        parts.append("<p class='warn'>This subject was a train or val subject of the model: "
+                     "its predictions are optimistic.</p>")
     for ses_label, contrast, png, files in sections:
-        encoded = base64.b64encode(png).decode()
         links = ", ".join(f"<code>{esc(f)}</code>" for f in files)
         parts.append(f"<h2>{esc(ses_label)} — {esc(contrast)}</h2>"
-                     f"<img alt='saliency {esc(ses_label)} {esc(contrast)}' "
-                     f"src='data:image/png;base64,{encoded}'><p>Maps: {links}</p>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+                     f"{png_img(png, f'saliency {ses_label} {contrast}')}<p>Maps: {links}</p>")
+    return html_page(f"sub-{sub} saliency", "\n".join(parts), PAGE_STYLE)
 
 
 def write_saliency(plans: list[SessionPlan], model: PredictModel, predictions: pd.DataFrame,
-                   folder: Path) -> list[Path]:
-    """Maps (NIfTI), overlays and one HTML page per subject under ``folder``; returns the pages."""
-    from bids_amyloid.predict import session_id
-
+                   files: PredictRun) -> list[Path]:
+    """Maps (NIfTI), overlays and one HTML page per subject in the predict folder; returns the
+    pages."""
     preproc = model.cfg.preproc
     by_subject: dict[str, list[tuple[str, str, bytes, list[str]]]] = {}
     for plan in plans:
         sub, ses = plan.key
         prob = predictions.loc[(predictions["participant_id"] == f"sub-{sub}")
-                               & (predictions["session_id"] == session_id(ses)), "probability"]
+                               & (predictions["session_id"] == session_label(ses)), "probability"]
         for contrast, sal in compute_saliency(plan, model).items():
-            files = []
+            names = []
             for method in METHODS:
-                path = map_path(folder, sub, ses, contrast, method)
+                path = files.saliency_map(sub, ses, contrast, method)
                 _save(to_template(sal.maps[method], sal.indices, preproc), path)
-                files.append(str(path.relative_to(folder)))
-            title = (f"sub-{sub} {session_id(ses)} {contrast}: p = {float(prob.iloc[0]):.3f}"
-                     if len(prob) else f"sub-{sub} {session_id(ses)} {contrast}")
+                names.append(str(path.relative_to(files.folder)))
+            title = (f"sub-{sub} {session_label(ses)} {contrast}: p = {float(prob.iloc[0]):.3f}"
+                     if len(prob) else f"sub-{sub} {session_label(ses)} {contrast}")
             by_subject.setdefault(sub, []).append(
-                (session_id(ses), contrast, overlay_png(sal, preproc, title), files))
-        LOG.info("saliency maps of sub-%s %s written", sub, session_id(ses))
+                (session_label(ses), contrast, overlay_png(sal, preproc, title), names))
+        LOG.info("saliency maps of sub-%s %s written", sub, session_label(ses))
     pages = []
     for sub, sections in sorted(by_subject.items()):
         rows = predictions[predictions["participant_id"] == f"sub-{sub}"]
-        page = folder / f"sub-{sub}.html"
-        write_text(page, subject_page(sub, rows, sections, model))
+        page = write_text(files.page(sub), subject_page(sub, rows, sections, model))
         pages.append(page)
     return pages
