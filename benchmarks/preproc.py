@@ -3,7 +3,10 @@
 Prints, per T1w session and per PET scan: wall and CPU seconds and peak
 resident memory of each step, the session total, and the accuracy against the
 simulator's ground truth (rotation/translation error of the native → template
-pose at the brain centroid, brain-mask Dice, cortical SUVR vs Centiloid).
+pose at the brain centroid, brain-mask Dice). For PET, a Centiloid error table
+(r, bias, RMSE vs the simulated Centiloid; and how the error grows with head
+size) for all-frame averaging vs the late window (with and without frame
+realignment), and rigid vs affine placement of the Centiloid VOIs.
 
 Each session runs in a fresh process (like one array job: imports, template
 and network loading included in its figures), with ``--threads`` ITK/torch
@@ -14,6 +17,7 @@ Usage::
 
     python benchmarks/preproc.py                       # simulate 2 subjects, size full
     python benchmarks/preproc.py --bids /path/sim --sessions 3 --skull-strip deepbet
+    python benchmarks/preproc.py --subjects 6 --size small --sessions 2 --pets 12
 """
 
 from __future__ import annotations
@@ -138,46 +142,76 @@ def run_mri(task: tuple[Path, Path, dict[str, Any], int, Path]) -> dict[str, Any
             "head_scale": truth.get("head_scale")}
 
 
-def run_pet(task: tuple[Path, Path, Path, dict[str, Any], int, Path]) -> dict[str, Any]:
-    """One PET scan through its subject's first T1w (MRI chain not timed here)."""
-    pet_path, t1, root, overrides, threads, work = task
+#: PET variants compared on the same scans: (label, PreprocConfig overrides).
+PET_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("all frames, rigid VOIs", {"pet_windows": {}, "pet_realign": False,
+                                "voi_registration": "rigid"}),
+    ("window, rigid VOIs", {"pet_realign": False, "voi_registration": "rigid"}),
+    ("window+realign, rigid VOIs", {"voi_registration": "rigid"}),
+    ("window+realign, affine VOIs", {}),  # the defaults
+)
+
+
+def run_pets(task: tuple[list[Path], Path, Path, dict[str, Any], int, Path]) -> list[dict[str, Any]]:
+    """A subject's PET scans through its first T1w, each in every variant of PET_VARIANTS.
+
+    The default variant (last) is timed step by step; the MRI chain is not timed here.
+    """
+    pet_paths, t1, root, overrides, threads, work = task
     import nibabel as nib
 
     from bids_amyloid.config import PreprocConfig
     from bids_amyloid.preproc.mri import preprocess_mri_session
-    from bids_amyloid.preproc.pet import load_pet, smooth_fwhm, suvr
-    from bids_amyloid.preproc.register import compose, pose_error, register_rigid
-    from bids_amyloid.preproc.template import load_gaain_voi, load_template, resample_array
+    from bids_amyloid.preproc.pet import preprocess_pet
+    from bids_amyloid.preproc.register import pose_error
     from bids_amyloid.sim.imaging import centiloid_from_suvr
 
     cfg = dataclasses.replace(PreprocConfig(), **overrides)
     mri = preprocess_mri_session({"T1w": t1}, cfg, work / "mri", threads=threads)["T1w"]
     rss = PeakRSS()
-    steps: dict[str, dict[str, float]] = {}
-    with step("average_smooth", steps, rss):
-        mean = load_pet(pet_path)
-        smoothed = smooth_fwhm(mean, cfg.pet_fwhm_mm)
-    with step("register", steps, rss):
-        fit = register_rigid(mri.native_brain, mean, cfg, threads=threads, work=work,
-                             fixed_mask=mri.native_mask,
-                             levels=(cfg.pet_registration_shrink, cfg.pet_registration_smoothing,
-                                     cfg.pet_registration_iterations))
-    with step("to_template_suvr", steps, rss):
-        template = load_template(cfg)
-        to_template = compose(mri.to_template, fit.to_fixed)
-        data = resample_array(np.asarray(smoothed.dataobj), smoothed.affine, template.affine,
-                              template.shape, order=1, world=to_template)
-        ratio, _ = suvr(data, np.asarray(load_gaain_voi(cfg.suvr_reference, cfg).dataobj))
+    out = []
+    for pet_path in pet_paths:
+        truth = _truth(root, pet_path)
+        tracer = str(truth["tracer"])
+        steps: dict[str, dict[str, float]] = {}
+        estimates: dict[str, float] = {}
+        for label, changes in PET_VARIANTS:
+            variant = dataclasses.replace(cfg, **changes)
+            with step("preprocess_pet", steps, rss):
+                result = preprocess_pet(pet_path, mri, variant, work / "pet", threads=threads)
+            estimates[label] = centiloid_from_suvr(result.metrics["cortical_suvr"], tracer)
+        for key in ("seconds_frames_smooth", "seconds_register", "seconds_voi_registration",
+                    "seconds_suvr"):
+            steps[key.removeprefix("seconds_")] = {"wall_s": result.metrics[key], "cpu_s": 0.0,
+                                                   "peak_gb": 0.0}
+        angle, shift = pose_error(result.to_template, np.array(truth["native_to_template"]),
+                                  np.array(truth["centroid_native"]))
+        out.append({"image": pet_path.name, "shape": list(nib.load(pet_path).shape),
+                    "steps": steps, "rotation_deg": angle, "translation_mm": shift,
+                    "tracer": tracer, "centiloid": truth["centiloid"],
+                    "head_scale": truth["head_scale"], "estimates": estimates,
+                    "frames_used": result.frames["FramesUsed"],
+                    "max_frame_motion_mm": max(truth["frame_motion_mm"]),
+                    "realign_max_mm": result.metrics["frame_max_translation_mm"],
+                    "voi_scale": result.metrics["voi_scale"]})
     rss.close()
-    truth = _truth(root, pet_path)
-    angle, shift = pose_error(to_template, np.array(truth["native_to_template"]),
-                              np.array(truth["centroid_native"]))
-    ctx = float(ratio[np.asarray(load_gaain_voi("ctx", cfg).dataobj) > 0].mean())
-    tracer = str(truth["tracer"])
-    return {"image": pet_path.name, "shape": list(nib.load(pet_path).shape), "steps": steps,
-            "rotation_deg": angle, "translation_mm": shift, "tracer": tracer,
-            "centiloid": truth["centiloid"], "ctx_suvr": ctx,
-            "ctx_as_centiloid": centiloid_from_suvr(ctx, tracer)}
+    return out
+
+
+def centiloid_table(pets: list[dict[str, Any]]) -> list[str]:
+    """Lines of the Centiloid error table: r, bias, RMSE vs truth, and the slope of the
+    error against head scale (CL per +10 % head size), per variant."""
+    truth = np.array([r["centiloid"] for r in pets])
+    scale = np.array([r["head_scale"] for r in pets])
+    lines = [f"{'variant':<30} {'r':>6} {'bias CL':>8} {'RMSE CL':>8} {'err/10% head':>13}"]
+    for label, _ in PET_VARIANTS:
+        est = np.array([r["estimates"][label] for r in pets])
+        err = est - truth
+        r = float(np.corrcoef(est, truth)[0, 1]) if len(pets) > 2 else float("nan")
+        slope = float(np.polyfit(scale, err, 1)[0]) * 0.1 if np.ptp(scale) > 0 else float("nan")
+        lines.append(f"{label:<30} {r:6.3f} {err.mean():8.2f} {np.sqrt((err ** 2).mean()):8.2f} "
+                     f"{slope:13.2f}")
+    return lines
 
 
 def _in_fresh_process(fn: Callable[[Any], dict[str, Any]], task: Any) -> dict[str, Any]:
@@ -229,15 +263,26 @@ def main(argv: list[str] | None = None) -> int:
         _print_steps(r)
 
     pets = []
-    for pet_path in sorted(root.glob("sub-*/ses-*/pet/*_pet.nii.gz"))[: args.pets]:
-        sub = pet_path.name.split("_")[0]
+    pet_files = sorted(root.glob("sub-*/ses-*/pet/*_pet.nii.gz"))[: args.pets]
+    for sub in sorted({p.name.split("_")[0] for p in pet_files}):
         t1 = sorted(root.glob(f"{sub}/ses-*/anat/{sub}_ses-*_T1w.nii.gz"))[0]
-        r = _in_fresh_process(run_pet, (pet_path, t1, root, overrides, args.threads, work))
-        pets.append(r)
-        print(f"{r['image']} {tuple(r['shape'])}: rotation {r['rotation_deg']:.2f}°, "
-              f"translation {r['translation_mm']:.2f} mm | ctx SUVR {r['ctx_suvr']:.3f} "
-              f"→ {r['ctx_as_centiloid']:.1f} CL (true {r['centiloid']:.1f})")
-        _print_steps(r)
+        mine = [p for p in pet_files if p.name.startswith(f"{sub}_")]
+        for r in _in_fresh_process(run_pets, (mine, t1, root, overrides, args.threads, work)):
+            pets.append(r)
+            print(f"{r['image']} {tuple(r['shape'])}: head x{r['head_scale']:.3f}, frames "
+                  f"{r['frames_used']}, frame motion ≤{r['max_frame_motion_mm']:.1f} mm (found "
+                  f"≤{r['realign_max_mm']:.1f}), pose {r['rotation_deg']:.2f}° "
+                  f"{r['translation_mm']:.2f} mm | true {r['centiloid']:.1f} CL; "
+                  + ", ".join(f"{k}: {v:.1f}" for k, v in r["estimates"].items()))
+            _print_steps(r)
+    if pets:
+        print(f"Centiloid vs simulated truth, {len(pets)} PET scans "
+              "(cortical SUVR through the app's tracer equations):")
+        for line in centiloid_table(pets):
+            print("  " + line)
+        pp = [r["steps"]["preprocess_pet"] for r in pets]
+        print(f"PET scans (default variant): mean wall {np.mean([s['wall_s'] for s in pp]):.1f} s, "
+              f"max peak {max(s['peak_gb'] for s in pp):.2f} GB")
 
     if mri:
         walls = [r["total"]["wall_s"] for r in mri]
