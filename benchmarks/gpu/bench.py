@@ -35,7 +35,9 @@ peak GiB
 stall
     Fraction of the timed wall time the training loop spent blocked in the
     DataLoader's ``next()`` (the loop syncs once per optimiser step, so the
-    GPU's idle time due to data is at most this).
+    GPU's idle time due to data is at most this). Phase 2 reads its negative
+    PET slices in the main process (``ContrastivePhase.prepare``): that time
+    is not in the stall, it lowers both samples/s columns.
 no-loader samples/s
     The same steps fed from batches already in memory: the ceiling without
     data loading.
