@@ -143,3 +143,23 @@ def test_realignment_recovers_a_known_shift() -> None:
     plain = data.mean(axis=-1)
     realigned = np.asarray(out.image.dataobj)
     assert np.abs(realigned - target).mean() < 0.5 * np.abs(plain - target).mean()
+
+
+def test_flags_and_description_for_the_sidecar_and_qc_page() -> None:
+    result = pet.PETResult(suvr_mni=nib.Nifti1Image(np.ones((2, 2, 2), np.float32), np.eye(4)),
+                           reference_mean=1.0)
+    assert pet.pet_flags(result) == [] and pet.frames_description(result.frames) == \
+        "3D image used as provided"
+    result.frames = {"NumberOfFrames": 12, "FramesUsed": [8, 9, 10, 11],
+                     "FrameWindowMinutes": [50.0, 70.0], "FrameWindowFlag": None,
+                     "FrameMotionTranslationMM": [0.2, 5.5, 0.1, 0.3],
+                     "FrameMotionRotationDeg": [0.1, 0.4, 0.2, 0.1]}
+    assert pet.frames_description(result.frames) == \
+        "frames 8–11 of 12 (50–70 min after injection) realigned and averaged"
+    assert pet.pet_flags(result) == ["PET frame motion up to 5.5 mm / 0.4° (realigned): check "
+                                     "the attenuation correction"]
+    result.frames |= {"FrameMotionTranslationMM": [0.2] * 4,
+                      "FrameWindowFlag": "window 50–70 min covered 50%"}
+    assert pet.pet_flags(result) == ["PET frames: window 50–70 min covered 50%"]
+    fields = pet.sidecar_fields(result, CFG)
+    assert fields["FramesUsed"] == [8, 9, 10, 11] and "affine" in fields["CentiloidVOIPlacement"]

@@ -180,6 +180,29 @@ def pet_flags(result: PETResult) -> list[str]:
     return flags
 
 
+def frames_description(frames: dict[str, Any]) -> str:
+    """One phrase for the sidecar's Description: which frames made the SUVR image."""
+    n, used = frames.get("NumberOfFrames", 1), frames.get("FramesUsed", [0])
+    if n == 1:
+        return "3D image used as provided"
+    window = frames.get("FrameWindowMinutes")
+    moved = " realigned and" if frames.get("FrameMotionTranslationMM") else ""
+    what = f"frames {used[0]}–{used[-1]} of {n}" if used == list(range(used[0], used[-1] + 1)) \
+        else f"frames {used} of {n}"
+    where = f" ({window[0]:g}–{window[1]:g} min after injection)" if window else ""
+    flag = f"; {frames['FrameWindowFlag']}" if frames.get("FrameWindowFlag") else ""
+    return f"{what}{where}{moved} averaged{flag}"
+
+
+def sidecar_fields(result: PETResult, cfg: PreprocConfig) -> dict[str, Any]:
+    """Frame and VOI-placement facts for the SUVR sidecar (None values left out)."""
+    placement = ("affine (12 dof) registration of the rigidly aligned MRI to the template, "
+                 "used for the VOIs only" if cfg.voi_registration == "affine"
+                 else "rigid (the template's VOIs)")
+    return {**{k: v for k, v in result.frames.items() if v is not None},
+            "CentiloidVOIPlacement": placement}
+
+
 def preprocess_pet(pet: Path, mri: MRIResult, cfg: PreprocConfig, work: Path,
                    threads: int = 1) -> PETResult:
     """PET scan → SUVR on the template grid, registered through the paired MRI.
