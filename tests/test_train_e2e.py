@@ -154,6 +154,30 @@ def test_test_predictions_are_fp32_and_equal_predicts(finished, monkeypatch):
     assert test["probability"].tolist() == pytest.approx(expected, abs=1e-5, rel=0)
 
 
+def test_no_teacher_baseline_trains_the_student_alone(finished):
+    bids, out, config, _ = finished
+    _copy_cohort(out, "default", "alone")
+    assert _group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher") == 0
+    run = out / "group" / "alone"
+    assert not (run / "teacher.pt").exists() and not list(run.glob("student_T1w.pt"))
+    from bids_amyloid.models import load_model
+
+    student, _, meta = load_model(run / "student_T1w_no-teacher.pt")
+    assert student.role == "student" and meta["teacher"] is None
+    assert meta["ablation"] == "no-teacher" and meta["selection"] == "best val f1@tau"
+    metrics = pd.read_csv(run / "metrics.tsv", sep="\t")
+    assert set(metrics["model"]) == {"student_T1w_no-teacher"}
+    log = pd.read_csv(run / "training.tsv", sep="\t")
+    assert set(log["phase"]) == {"no-teacher"} and len(log) == 2
+    assert "train_feature_kd" not in log.columns and "val_cosine" not in log.columns
+    assert (log["weight_feature_kd"] == 0).all() and (log["weight_logit_kd"] == 0).all()
+    assert (run / "checkpoints" / "no-teacher" / "done.json").is_file()
+    # with a teacher given, the baseline is a usage error
+    teacher = out / "group" / "default" / "teacher.pt"
+    assert _group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher",
+                  "--teacher", str(teacher)) == 64
+
+
 def test_contrastive_stage_without_teacher_is_a_clear_error(finished):
     bids, out, config, _ = finished
     _copy_cohort(out, "default", "lonely")

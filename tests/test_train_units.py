@@ -322,6 +322,11 @@ def test_plan_and_teacher_settings_checks(tmp_path):
     with pytest.raises(UsageError):
         plan_phases("pretrain", ("no-pretrain",), False)
     assert student_file(("T1w", "T2w"), "best-cosine") == "student_T1w+T2w_best-cosine.pt"
+    assert plan_phases("all", ("no-teacher",), False) == ["distill"]
+    assert plan_phases("distill", ("no-teacher", "no-logit-kd"), False) == ["distill"]
+    for stage, teacher in (("all", True), ("pretrain", False), ("contrastive", False)):
+        with pytest.raises(UsageError, match="no-teacher"):
+            plan_phases(stage, ("no-teacher",), teacher)
     cfg = AppConfig()
     _check_teacher_config(tmp_path, {"model": {"backbone": "biomedclip", "image_size": 224}}, cfg)
     with pytest.raises(UsageError, match="image_size"):
@@ -415,3 +420,27 @@ def test_phase2_warm_restarts_count_epochs_not_steps(tmp_path):
                 for t, length in cycle]
     assert [row["lr_all"] for row in history] == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert history[10]["lr_all"] == pytest.approx((base + eta) / 2)   # half-way through cycle 2
+
+
+def test_student_without_teacher_learns_from_its_classification_loss_alone():
+    from bids_amyloid.config import AppConfig, ModelConfig
+    from bids_amyloid.models import build_student, prepare_slices
+    from bids_amyloid.train.phases import DistillNet
+
+    cfg = AppConfig(model=ModelConfig(backbone="test_vit", image_size=32))
+    torch.manual_seed(0)
+    student = build_student(cfg, ("T1w",))
+    net = DistillNet(student, None, ("T1w",), cfg).eval()        # eval: no dropout
+    images = prepare_slices(torch.rand(2, 3, 32, 32))
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    labels = torch.tensor([0.0, 1.0])
+    batch = {"mri": {"T1w": images}, "mri_mask": {"T1w": mask}, "label": labels,
+             "student_mri": {"T1w": images}, "student_mask": {"T1w": mask}, "margin": 0.3,
+             "temperature": 2.5, "gap_weight": 0.1, "weights": (0.3, 0.5, 0.2)}  # no PET given
+    out = net(batch)
+    assert set(out) == {"loss", "focal", "gap"}
+    logits = student({"T1w": images}, {"T1w": mask}).logit
+    focal = losses.margin_focal_loss(logits, labels, margin=0.3, gamma=2.0, gap_weight=0.1)
+    assert float(out["loss"]) == pytest.approx(0.3 * float(focal["loss"]), rel=1e-5)
+    out["loss"].backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())

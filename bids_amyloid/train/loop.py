@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader
 from bids_amyloid.io import atomic_path, write_json, write_text
 
 LOG = logging.getLogger(__name__)
-PHASE_IDS = {"pretrain": 1, "contrastive": 2, "distill": 3}
+# "no-teacher" (phase 3 without a teacher) draws the same batches and augmentations as "distill"
+PHASE_IDS = {"pretrain": 1, "contrastive": 2, "distill": 3, "no-teacher": 3}
 
 
 class Task(Protocol):

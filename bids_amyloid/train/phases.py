@@ -201,30 +201,41 @@ class ContrastiveNet(nn.Module):
 
 
 class DistillNet(nn.Module):
-    """Phase 3: the MRI-only student learning from the frozen teacher (kept in eval mode)."""
+    """Phase 3: the MRI-only student learning from the frozen teacher (kept in eval mode).
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, teacher_contrasts: tuple[str, ...],
-                 cfg: AppConfig) -> None:
+    Without a teacher (``--ablate no-teacher``) the loss is the student's
+    classification term alone, ``a·MarginFocal`` (the KD terms need a teacher).
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None,
+                 teacher_contrasts: tuple[str, ...], cfg: AppConfig) -> None:
         super().__init__()
         self.student, self.teacher = student, teacher
         self.teacher_contrasts, self.d = teacher_contrasts, cfg.distill
-        self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
 
     def train(self, mode: bool = True) -> DistillNet:
         super().train(mode)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        with torch.no_grad():
-            mri_t, mask_t = subset(batch, self.teacher_contrasts)
-            t = self.teacher(mri_t, mask_t, batch["pet"], batch["pet_mask"])
+        t = None
+        if self.teacher is not None:
+            with torch.no_grad():
+                mri_t, mask_t = subset(batch, self.teacher_contrasts)
+                t = self.teacher(mri_t, mask_t, batch["pet"], batch["pet_mask"])
         s = self.student(batch["student_mri"], batch["student_mask"])
         logit = s.logit.float()
         focal = losses.margin_focal_loss(logit, batch["label"], margin=batch["margin"],
                                          gamma=self.d.focal_gamma, gap_weight=batch["gap_weight"],
                                          gap_coef=self.d.gap_coef)
+        if t is None:
+            return {"loss": batch["weights"][0] * focal["loss"], "focal": focal["focal"],
+                    "gap": focal["gap"]}
         feat = losses.feature_kd_loss(s.embedding.float(), t.embedding.float())
         kd = losses.logit_kd_loss(logit, t.logit.float(), batch["temperature"])
         a, b, c = batch["weights"]
@@ -389,14 +400,16 @@ class DistillPhase(_Phase):
     selections = ("f1@tau", "cosine")
     tie_breaks: ClassVar[dict[str, str]] = {"f1@tau": "auc"}
 
-    def __init__(self, ctx: PhaseContext, student: nn.Module, teacher: nn.Module) -> None:
+    def __init__(self, ctx: PhaseContext, student: nn.Module, teacher: nn.Module | None) -> None:
         super().__init__(ctx, student, DistillNet(student, teacher, ctx.teacher_contrasts, ctx.cfg))
         d = ctx.cfg.distill
         self.teacher = teacher
         self.max_epochs, self.patience, self.accumulation = d.max_epochs, d.patience, d.accumulation
         ablate = set(ctx.cfg.train.ablate)
-        self.use_feature = "no-feature-kd" not in ablate
-        self.use_logit = "no-logit-kd" not in ablate
+        self.use_feature = "no-feature-kd" not in ablate and teacher is not None
+        self.use_logit = "no-logit-kd" not in ablate and teacher is not None
+        if teacher is None:             # --ablate no-teacher: no teacher-student cosine to select
+            self.name, self.selections = "no-teacher", ("f1@tau",)
         self._teacher_val: np.ndarray | None = None
 
     def make_optimizer(self) -> torch.optim.Optimizer:
@@ -465,6 +478,8 @@ class DistillPhase(_Phase):
 
         out = collect(self.ctx, forward)
         metrics = _classification(out, self.ctx.cfg.train.threshold_grid)
+        if self.teacher is None:
+            return metrics
         teacher = torch.as_tensor(self._teacher_embeddings())
         cos = F.cosine_similarity(torch.as_tensor(out["embedding"]), teacher, dim=1)
         return {**metrics, "cosine": float(cos.mean())}

@@ -12,6 +12,8 @@
 ``student_<C>.pt``                   student with the best validation F1@τ (``<C>``: the
                                      student's contrasts joined by ``+``, e.g. ``T1w``)
 ``student_<C>_best-cosine.pt``       student with the best validation teacher–student cosine
+``student_<C>_no-teacher.pt``        ``--ablate no-teacher`` only (instead of the above): the
+                                     student trained without a teacher, the baseline
 ``training.tsv``                     every loss, learning rate, schedule value and validation
                                      metric, per epoch of every phase
 ``metrics.tsv`` / ``predictions.tsv`` each model on validation and test; per-sample predictions
@@ -75,6 +77,7 @@ from bids_amyloid.train.phases import (
 LOG = logging.getLogger(__name__)
 PHASES = ("pretrain", "contrastive", "distill")
 SPLITS = ("train", "val", "test")
+NO_TEACHER = "no-teacher"   # --ablate no-teacher: its phase, file tag and checkpoint folder
 
 
 # -- distributed ------------------------------------------------------------------------------
@@ -141,6 +144,11 @@ def deterministic(on: bool) -> Iterator[None]:
 # -- plan ---------------------------------------------------------------------------------------
 def plan_phases(stage: str, ablate: tuple[str, ...], external_teacher: bool) -> list[str]:
     """Phases to run for ``--stage``, ``--ablate`` and ``--teacher``."""
+    if NO_TEACHER in ablate:                 # the student alone, phase 3 without a teacher
+        if external_teacher or stage not in ("all", "distill"):
+            raise UsageError(f"--ablate {NO_TEACHER} trains only the student, without a teacher: "
+                             "use it with --stage all or distill and without --teacher")
+        return ["distill"]
     wanted = list(PHASES) if stage == "all" else [stage]
     if external_teacher:
         if stage in ("pretrain", "contrastive"):
@@ -240,7 +248,7 @@ def _context(run: Run, batch_size: int) -> PhaseContext:
 
 def _earlier_rows(run: Run, phase: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name in PHASES[: PHASES.index(phase)]:
+    for name in PHASES[: PHASES.index(phase) if phase in PHASES else len(PHASES)]:
         path = run.ckpt(name) / "history.json"
         if path.is_file():
             rows.extend(json.loads(path.read_text()))
@@ -362,6 +370,9 @@ def teacher_phases(run: Run, phases: list[str]) -> None:
 
 def distill_phase(run: Run) -> None:
     """Phase 3 from ``--teacher`` or the run's ``teacher.pt``; writes both students."""
+    if NO_TEACHER in run.cfg.train.ablate:
+        no_teacher_phase(run)
+        return
     cfg = run.cfg
     source = run.opts.teacher or run.files.teacher
     if not source.is_file():
@@ -382,6 +393,26 @@ def distill_phase(run: Run) -> None:
         _save(run, run.files.student(run.student_contrasts, selection), student, meta)
 
 
+def no_teacher_phase(run: Run) -> None:
+    """``--ablate no-teacher``: the baseline the distilled student must beat.
+
+    The MRI-only student trained with its classification loss alone (``a``·MarginFocal: no
+    teacher, no KD terms), on the same data with the same schedule, seeds and selection (best
+    validation F1@τ) as phase 3; its classifier's last layer is initialised as after
+    ``init_from_teacher``. Writes ``student_<C>_no-teacher.pt``; its epochs are logged as
+    phase ``no-teacher`` (checkpoints in ``checkpoints/no-teacher/``).
+    """
+    cfg = run.cfg
+    student = _build("student", run, run.student_contrasts)
+    student.classifier.reset_last_layer(cfg.distill.reinit_gain)
+    task = DistillPhase(_context(run, cfg.distill.batch_size), student, None)
+    epoch = train_phase(run, task, cfg.distill.batch_size)
+    tau = val_tau(run, student, "student", run.student_contrasts)
+    meta = _meta(run, "student", run.student_contrasts, tau, selection="best val f1@tau",
+                 best_epoch=epoch, teacher=None, ablation=NO_TEACHER)
+    _save(run, run.files.student(run.student_contrasts, NO_TEACHER), student, meta)
+
+
 # -- evaluation ----------------------------------------------------------------------------------
 def evaluate(run: Run) -> None:
     """Predictions and metrics of every model file of the run (rank 0)."""
@@ -389,7 +420,7 @@ def evaluate(run: Run) -> None:
     teacher = run.opts.teacher or run.files.teacher
     if teacher.is_file():
         files.append(("teacher", teacher, "teacher", run.teacher_contrasts))
-    for selection in ("", "best-cosine"):
+    for selection in ("", "best-cosine", NO_TEACHER):
         path = run.files.student(run.student_contrasts, selection)
         if path.is_file():
             name = path.stem
@@ -405,7 +436,7 @@ def evaluate(run: Run) -> None:
             frames.append(report.prediction_frame(run.data[split], out, name, split, taus[name]))
     predictions = pd.concat(frames, ignore_index=True)
     report.write_outputs(run.files, run.cfg, run.cohort, predictions, taus,
-                         {p: run.ckpt(p) / "history.json" for p in PHASES},
+                         {p: run.ckpt(p) / "history.json" for p in (*PHASES, NO_TEACHER)},
                          notes=_notes(run))
 
 
@@ -443,7 +474,8 @@ def _teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], fold
     """The teacher's contrasts: those of the teacher file a stage starts from, else
     ``--teacher-contrasts``, else the student's."""
     source = opts.teacher
-    if source is None and "pretrain" not in phases and "no-pretrain" not in cfg.train.ablate:
+    if (source is None and "pretrain" not in phases and "no-pretrain" not in cfg.train.ablate
+            and NO_TEACHER not in cfg.train.ablate):
         source = GroupRun(folder).teacher       # --stage contrastive / distill continue a run
     if source is not None and source.is_file():
         from bids_amyloid.models import read_model_file
