@@ -34,7 +34,7 @@ from bids_amyloid.errors import (
 LOG = logging.getLogger("bids_amyloid")
 LABEL_RE = re.compile(r"^[A-Za-z0-9]+$")
 STAGES = ("cohort", "pretrain", "contrastive", "distill", "all")
-ABLATIONS = ("no-pretrain", "no-triplet", "no-feature-kd", "no-logit-kd")
+ABLATIONS = ("no-pretrain", "no-triplet", "no-feature-kd", "no-logit-kd", "no-teacher")
 CONTRASTS = ("T1w", "T2w", "FLAIR", "T2starw")
 
 
@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--run-name", default="default", help="OUT/group/<run-name>/")
     grp.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     grp.add_argument("--teacher", type=Path, help="a teacher.pt to distil from (skips phases 1–2)")
-    grp.add_argument("--ablate", nargs="+", choices=ABLATIONS, default=[])
+    grp.add_argument("--ablate", nargs="+", choices=ABLATIONS, default=[],
+                     help="leave out a part of the protocol; no-teacher: the MRI-only student "
+                          "trained with its classification loss alone (the baseline)")
     grp.add_argument("--cl-gap", type=float, help="Centiloid gap for triplet negatives (default 5)")
     grp.add_argument("--deterministic", action="store_true", help="bitwise-reproducible on CPU")
     grp.add_argument("--backbone", help="biomedclip (default) or a timm ViT name (random init)")

@@ -223,7 +223,7 @@ class TrainConfig:
     device: str = "auto"
     threshold_grid: tuple[float, float, int] = (0.01, 0.99, 200)
     bootstrap: int = 1000
-    ablate: tuple[str, ...] = ()  # no-pretrain | no-triplet | no-feature-kd | no-logit-kd
+    ablate: tuple[str, ...] = ()  # no-pretrain | no-triplet | no-feature-kd | no-logit-kd | no-teacher
     pet_scale: float = 3.0  # PET SUVR / pet_scale → ~[0, 1], one global factor (never per slice)
 
 
