@@ -37,6 +37,11 @@ Example
 ``bids-amyloid /data/new_bids /data/out predict --model /data/out/group/default/student_T1w.pt``
 """
 
+from bids_amyloid.predict.inference import infer
+from bids_amyloid.predict.model import PredictModel, load_predict_model
+from bids_amyloid.predict.plan import SessionPlan, plan_sessions
 from bids_amyloid.predict.run import run_predict
+from bids_amyloid.predict.tables import PREDICTION_COLUMNS
 
-__all__ = ["run_predict"]
+__all__ = ["PREDICTION_COLUMNS", "PredictModel", "SessionPlan", "infer", "load_predict_model",
+           "plan_sessions", "run_predict"]
