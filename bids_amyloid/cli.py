@@ -285,7 +285,7 @@ def setup_logging(verbose: int, quiet: int) -> None:
 
 
 ENTRY_POINTS = {
-    "participant": ("bids_amyloid.preproc.pipeline", "run_participant"),
+    "participant": ("bids_amyloid.participant.run", "run_participant"),
     "cohort": ("bids_amyloid.cohort", "run_cohort_stage"),
     "group": ("bids_amyloid.train.run", "run_group"),
     "predict": ("bids_amyloid.predict", "run_predict"),

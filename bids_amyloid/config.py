@@ -48,40 +48,107 @@ class CohortConfig:
     test_fold: int = 1
 
 
+# Each [preproc] field is tagged with the stage whose outputs it shapes, here and
+# nowhere else: the participant restart hash per modality, the parameters each
+# sidecar records and predict's "PET-only parameters" are derived from these tags,
+# and tests/test_config.py checks that every field has one. A new field is declared
+# with mri_field(...), pet_field(...) or slice_field(...), never with a plain default.
+MRI, PET, SLICE = "mri", "pet", "slice"  # MRI image + transform | PET SUVR | slice caches
+PREPROC_STAGES = (MRI, PET, SLICE)
+
+
+def _tagged(stage: str, default: Any) -> Any:
+    return field(default=default, metadata={"stage": stage})
+
+
+def mri_field(default: Any) -> Any:
+    """A ``[preproc]`` field that shapes the MRI images (and so everything after them)."""
+    return _tagged(MRI, default)
+
+
+def pet_field(default: Any) -> Any:
+    """A ``[preproc]`` field that shapes only the PET outputs."""
+    return _tagged(PET, default)
+
+
+def slice_field(default: Any) -> Any:
+    """A ``[preproc]`` field that shapes only the sagittal slice caches."""
+    return _tagged(SLICE, default)
+
+
+#: Late-frame windows (minutes after injection) of the Centiloid calibrations: Klunk et al.
+#: 2015 (PiB 50-70), Navitsky et al. 2018 (AV45 50-60), Rowe et al. 2017 (FBB 90-110),
+#: Battle et al. 2018 (FMM 90-110), Rowe et al. 2016 (NAV4694 50-70). OASIS-3's PUP uses
+#: PiB 30-60 and AV45 50-70 instead (set [preproc.pet_windows] to follow it).
+PET_WINDOWS_MIN: dict[str, tuple[float, float]] = {
+    "PIB": (50.0, 70.0), "AV45": (50.0, 60.0), "FBB": (90.0, 110.0), "FMM": (90.0, 110.0),
+    "NAV4694": (50.0, 70.0)}
+
+
 @dataclass(frozen=True)
 class PreprocConfig:
     """MRI and PET preprocessing, and the sagittal slice caches."""
 
-    n4_bins: int = 200  # Otsu histogram bins for the N4 foreground mask
-    n4_shrink_factor: int = 6  # for 1 mm voxels: N4 fits on a ~6 mm grid (scaled by voxel size)
-    n4_iterations: tuple[int, ...] = (30, 30, 20)
-    n4_convergence: float = 1e-6
-    skull_strip: str = "hdbet"  # hdbet | deepbet
-    hdbet_tta: bool = True
-    hdbet_mode: str = "fast"  # fast: 1 network (fold 0) | accurate: 5 networks
-    hdbet_tta_mirrors: str = "lr"  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
-    hdbet_bf16: bool = True  # bfloat16 autocast where the CPU/GPU supports it (2x faster on CPU)
-    registration_metric: str = "mattes"
-    registration_voxel_mm: float = 2.0  # the fixed image is resampled to this before registering
-    registration_shrink: tuple[int, ...] = (4, 2)  # shrink factors of that 2 mm grid, per level
-    registration_smoothing: tuple[float, ...] = (2.0, 1.0)  # voxels, one per shrink level
-    registration_iterations: tuple[int, ...] = (100, 30)
-    registration_sampling: float = 0.25  # fraction of voxels sampled by the metric
-    clip_percentiles: tuple[float, float] = (0.5, 99.5)
-    gamma: float = 0.9
-    template_space: str = TEMPLATE_SPACE
-    template_resolution: int = 1
-    registration: str = "rigid"
-    pet_fwhm_mm: float = 8.0
+    n4_bins: int = mri_field(200)  # Otsu histogram bins for the N4 foreground mask
+    n4_shrink_factor: int = mri_field(6)  # for 1 mm voxels: N4 fits on a ~6 mm grid (scaled by voxel size)
+    n4_iterations: tuple[int, ...] = mri_field((30, 30, 20))
+    n4_convergence: float = mri_field(1e-6)
+    skull_strip: str = mri_field("hdbet")  # hdbet | deepbet
+    hdbet_tta: bool = mri_field(True)
+    hdbet_mode: str = mri_field("fast")  # fast: 1 network (fold 0) | accurate: 5 networks
+    hdbet_tta_mirrors: str = mri_field("lr")  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
+    hdbet_bf16: bool = mri_field(True)  # bfloat16 autocast where the CPU/GPU supports it (2x faster on CPU)
+    registration_metric: str = mri_field("mattes")  # also used by PET → MRI
+    registration_voxel_mm: float = mri_field(2.0)  # the fixed image is resampled to this before registering
+    registration_shrink: tuple[int, ...] = mri_field((4, 2))  # shrink factors of that 2 mm grid, per level
+    registration_smoothing: tuple[float, ...] = mri_field((2.0, 1.0))  # voxels, one per shrink level
+    registration_iterations: tuple[int, ...] = mri_field((100, 30))
+    registration_sampling: float = mri_field(0.25)  # fraction of voxels sampled by the metric
+    clip_percentiles: tuple[float, float] = mri_field((0.5, 99.5))
+    gamma: float = mri_field(0.9)
+    template_resolution: int = mri_field(1)  # mm, 1 or 2 (MNI152NLin2009aSym grid)
+    pet_fwhm_mm: float = pet_field(8.0)
     # PET → MRI: the frame mean (before smoothing) is registered, with a finer last level
-    pet_registration_shrink: tuple[int, ...] = (4, 2, 1)
-    pet_registration_smoothing: tuple[float, ...] = (2.0, 1.0, 0.0)
-    pet_registration_iterations: tuple[int, ...] = (100, 30, 10)
-    suvr_reference: str = "WhlCbl"
-    n_slices: int = 40
-    slice_range: tuple[float, float] = (0.4, 0.6)
-    min_slice_mean: float = 0.01
-    slice_size: int = 224
+    pet_registration_shrink: tuple[int, ...] = pet_field((4, 2, 1))
+    pet_registration_smoothing: tuple[float, ...] = pet_field((2.0, 1.0, 0.0))
+    pet_registration_iterations: tuple[int, ...] = pet_field((100, 30, 10))
+    suvr_reference: str = pet_field("WhlCbl")
+    # Dynamic PET: the frames inside the tracer's late window (minutes after injection) make
+    # the SUVR image, realigned first; see PET_WINDOWS_MIN. A [preproc.pet_windows] table
+    # replaces the whole default table.
+    pet_windows: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: dict(PET_WINDOWS_MIN), metadata={"stage": PET})
+    # 4D PET without frame timing, or not covering its window: "fail", or
+    # "average-available" (average what exists, with a warning and a QC flag)
+    pet_window_policy: str = pet_field("average-available")
+    pet_realign: bool = pet_field(True)  # rigidly realign the window's frames before averaging
+    voi_registration: str = pet_field("affine")  # Centiloid VOIs onto the subject: affine | rigid
+    n_slices: int = slice_field(40)
+    slice_range: tuple[float, float] = slice_field((0.4, 0.6))
+    min_slice_mean: float = slice_field(0.01)
+    slice_size: int = slice_field(224)
+
+
+def preproc_fields(stages: tuple[str, ...] | str) -> tuple[str, ...]:
+    """Names of the ``[preproc]`` fields tagged with one of ``stages``.
+
+    >>> preproc_fields(SLICE)
+    ('n_slices', 'slice_range', 'min_slice_mean', 'slice_size')
+    """
+    wanted = (stages,) if isinstance(stages, str) else stages
+    return tuple(f.name for f in dataclasses.fields(PreprocConfig)
+                 if f.metadata.get("stage") in wanted)
+
+
+def pet_only_parameters() -> tuple[str, ...]:
+    """``[preproc]`` fields that concern PET only: an MRI output made with other values still fits."""
+    return preproc_fields(PET)
+
+
+def preproc_parameters(preproc: PreprocConfig, stages: tuple[str, ...]) -> dict[str, Any]:
+    """The values of the fields tagged with ``stages``, in JSON form (:func:`config_to_dict`)."""
+    keep = set(preproc_fields(stages))
+    return {k: v for k, v in config_to_dict(preproc).items() if k in keep}
 
 
 @dataclass(frozen=True)
@@ -276,6 +343,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _replace(section: Any, values: dict[str, Any], name: str) -> Any:
+    from bids_amyloid.config_checks import drop_retired
+
+    values = drop_retired(name, values)
     hints = typing.get_type_hints(type(section))
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(values) - known)
@@ -300,7 +370,15 @@ def apply_overrides(cfg: AppConfig, overrides: dict[str, dict[str, Any]]) -> App
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> AppConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides``."""
+    """Defaults, then the TOML file at ``path``, then ``overrides``; values checked.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, unknown key, wrong type or bad value (the key is named).
+    """
+    from bids_amyloid.config_checks import check_config
+
     cfg = AppConfig()
     if path is not None:
         try:
@@ -310,6 +388,7 @@ def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] |
         cfg = apply_overrides(cfg, data)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+    check_config(cfg)
     return cfg
 
 

@@ -30,6 +30,7 @@ Example
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,68 @@ def mri_slice_cache(out: Path, sub: str, ses: str, contrast: str) -> Path:
 def pet_slice_cache(out: Path, sub: str, ses: str, tracer: str) -> Path:
     return derivative_path(out, sub, ses, "pet", suffix="pet", ext=".npy", trc=tracer,
                            space=TEMPLATE_SPACE, desc="slices")
+
+
+# --------------------------------------------------------------------------- participant level
+
+
+def mri_preproc_path(out: Path, sub: str, ses: str, contrast: str) -> Path:
+    """The preprocessed MRI contrast on the template grid."""
+    return derivative_path(out, sub, ses, "anat", suffix=contrast, ext=".nii.gz",
+                           space=TEMPLATE_SPACE, desc="preproc")
+
+
+def brain_mask_path(out: Path, sub: str, ses: str) -> Path:
+    """The session's brain mask on the template grid."""
+    return derivative_path(out, sub, ses, "anat", suffix="mask", ext=".nii.gz",
+                           space=TEMPLATE_SPACE, desc="brain")
+
+
+def mri_xfm_path(out: Path, sub: str, ses: str, contrast: str) -> Path:
+    """The rigid native → template transform of one contrast (ITK/ANTs ``.mat``)."""
+    return derivative_path(out, sub, ses, "anat", suffix="xfm", ext=".mat",
+                           from_=contrast, to=TEMPLATE_SPACE, mode="image")
+
+
+def pet_suvr_path(out: Path, sub: str, ses: str, tracer: str) -> Path:
+    """The SUVR image of one PET scan on the template grid."""
+    return derivative_path(out, sub, ses, "pet", suffix="pet", ext=".nii.gz",
+                           trc=tracer, space=TEMPLATE_SPACE, desc="suvr")
+
+
+def qc_numbers_path(out: Path, sub: str, ses: str, tracer: str | None = None) -> Path:
+    """QC numbers of a unit: the MRI session (``tracer`` None) or one PET scan."""
+    if tracer is None:
+        return figure_path(out, sub, ses, desc="anat", suffix="qc", ext=".json")
+    return figure_path(out, sub, ses, desc="pet", suffix="qc", ext=".json", trc=tracer)
+
+
+def mri_figure_path(out: Path, sub: str, ses: str, step: str, contrast: str) -> Path:
+    """QC figure of one MRI step (``skullstrip``, ``registration``) for one contrast."""
+    return figure_path(out, sub, ses, desc=step, suffix=contrast)
+
+
+def pet_figure_path(out: Path, sub: str, ses: str, tracer: str) -> Path:
+    """QC figure of one PET scan's SUVR over its MRI."""
+    return figure_path(out, sub, ses, desc="suvr", suffix="pet", trc=tracer)
+
+
+def source_uri(path: Path, bids_dir: Path | None) -> str:
+    """``bids:raw:<relative path>`` for an input inside BIDS_DIR, else the absolute path.
+
+    >>> source_uri(Path("/data/bids/sub-01/anat/sub-01_T1w.nii.gz"), Path("/data/bids"))
+    'bids:raw:sub-01/anat/sub-01_T1w.nii.gz'
+    """
+    path = Path(path).resolve()
+    if bids_dir is not None:
+        with contextlib.suppress(ValueError):
+            return "bids:raw:" + path.relative_to(Path(bids_dir).resolve()).as_posix()
+    return str(path)
+
+
+def output_uri(path: Path, out: Path) -> str:
+    """``bids::<relative path>`` for a file of this derivative dataset."""
+    return "bids::" + Path(path).relative_to(out).as_posix()
 
 
 def sidecar_of(path: Path) -> Path:

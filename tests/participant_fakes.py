@@ -3,7 +3,7 @@
 They read the real input files (so bad inputs still break them where real
 code would), return MRIResult/PETResult-shaped objects on a tiny template grid
 and take milliseconds. ``install(monkeypatch)`` swaps them in for
-``bids_amyloid.preproc.pipeline.load_steps``.
+``bids_amyloid.participant.worker.load_steps``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from bids_amyloid.preproc import pipeline
+from bids_amyloid.participant import plan, worker
 
 GRID = (20, 24, 20)
 AFFINE = np.array([[1.0, 0, 0, -10], [0, 1.0, 0, -12], [0, 0, 1.0, -10], [0, 0, 0, 1]])
@@ -76,10 +76,10 @@ def extract_pet_slices(volume: nib.Nifti1Image, cfg: Any) -> tuple[np.ndarray, l
     return _slices(volume, cfg, keep_all=True)
 
 
-def steps() -> pipeline.Steps:
-    return pipeline.Steps(preprocess_mri_session, preprocess_pet, extract_mri_slices,
-                          extract_pet_slices, template)
+def steps() -> plan.Steps:
+    return plan.Steps(preprocess_mri_session, preprocess_pet, extract_mri_slices,
+                      extract_pet_slices, template)
 
 
 def install(monkeypatch: Any) -> None:
-    monkeypatch.setattr(pipeline, "load_steps", steps)
+    monkeypatch.setattr(worker, "load_steps", steps)

@@ -16,13 +16,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from bids_amyloid.cli import main
+from bids_amyloid.config import AppConfig
 from bids_amyloid.derivatives import read_slice_cache, sidecar_of
 from bids_amyloid.io import TMP_MARK
-from bids_amyloid.preproc import pipeline
+from bids_amyloid.participant import outputs, plan, staging
+from bids_amyloid.participant.run import run_mri_sessions
 from bids_amyloid.preproc.report import Failure, build_report, flag_metrics
 from tests import participant_fakes
 
@@ -94,6 +97,11 @@ def all_outputs(out: Path) -> list[Path]:
     return files
 
 
+def unit_hash(path: Path) -> str:
+    """The parameter hash an output of the MRI or the PET unit must record (default config)."""
+    return outputs.parameter_hash(AppConfig(), "pet" if "pet" in path.parent.name else "mri")
+
+
 def validator_errors(out: Path) -> list[str]:
     exe = Path(sys.executable).parent / "bids-validator-deno"
     done = subprocess.run([str(exe), "--format", "json", str(out)], capture_output=True,
@@ -126,7 +134,7 @@ def test_outputs_sidecars_report(fakes: None, bids: Path, tmp_path: Path) -> Non
     for path in all_outputs(out):
         assert path.is_file(), path
         meta = json.loads(sidecar_of(path).read_text())
-        assert meta["ParameterHash"] == pipeline.parameter_hash(pipeline.AppConfig())
+        assert meta["ParameterHash"] == unit_hash(path)
         assert meta["Sources"] and all(s.startswith("bids:") for s in meta["Sources"])
         if path.name.endswith(".nii.gz"):
             assert "SkullStripped" in meta and meta["SpatialReference"]
@@ -226,12 +234,12 @@ KILLER = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     from tests import participant_fakes
     from bids_amyloid.io import atomic_path
-    from bids_amyloid.preproc import pipeline
+    from bids_amyloid.participant import commit, worker
 
-    pipeline.load_steps = participant_fakes.steps
+    worker.load_steps = participant_fakes.steps
     where, count = sys.argv[1], [0]
     if where == "commit":  # killed in the middle of moving a session's files into OUT
-        real_move = pipeline._move_atomic
+        real_move = commit._move_atomic
         def move(src, target):
             count[0] += 1
             if count[0] == 4:
@@ -239,7 +247,7 @@ KILLER = textwrap.dedent("""
                     tmp.write_bytes(b"half")
                     os.kill(os.getpid(), signal.SIGKILL)
             real_move(src, target)
-        pipeline._move_atomic = move
+        commit._move_atomic = move
     else:  # killed while preprocessing the first PET (its MRI session already committed)
         def pet(*args, **kw):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -269,7 +277,7 @@ def test_killed_run_restarts_cleanly(fakes: None, bids: Path, tmp_path: Path, wh
     assert_clean(out)
     for path in all_outputs(out):
         meta = json.loads(sidecar_of(path).read_text())
-        assert meta["ParameterHash"] == pipeline.parameter_hash(pipeline.AppConfig())
+        assert meta["ParameterHash"] == unit_hash(path)
     first = mtimes(out)
     assert run(bids, out) == 0
     assert mtimes(out) == first
@@ -287,7 +295,7 @@ def test_run_mri_sessions_for_predict(fakes: None, bids: Path, tmp_path: Path) -
     ]
     out = tmp_path / "predict"
     opts = RunOptions(bids_dir=bids, output_dir=out, analysis_level="predict")
-    status = pipeline.run_mri_sessions(sessions, ("T2w",), out, pipeline.AppConfig(), opts)
+    status = run_mri_sessions(sessions, ("T2w",), out, AppConfig(), opts)
     assert status[("002", "d0502")] is None
     assert "no T2w image" in str(status[("002", "x")])
     assert all(p.is_file() for p in mri_files(out, "002", "d0502", "T2w"))
@@ -301,20 +309,20 @@ def test_report_flags_and_failures(tmp_path: Path) -> None:
     assert not flag_metrics({"mask_volume_ml": 1300.0, "template_mask_dice": 0.88})
     tpl = participant_fakes.template()
     brain = np.asarray(tpl.dataobj) > 0.05 * float(np.asarray(tpl.dataobj).max())
-    good = pipeline.nib.Nifti1Image(brain.astype(np.uint8), tpl.affine)
+    good = nib.Nifti1Image(brain.astype(np.uint8), tpl.affine)
     half = brain.copy()
     half[: brain.shape[0] // 2] = False  # a strip that lost a hemisphere
-    assert pipeline.template_dice(good, tpl) == pytest.approx(1.0)
-    assert pipeline.template_dice(pipeline.nib.Nifti1Image(half.astype(np.uint8), tpl.affine),
-                                  tpl) < 0.75
+    assert staging.template_dice(good, tpl) == pytest.approx(1.0)
+    assert staging.template_dice(nib.Nifti1Image(half.astype(np.uint8), tpl.affine),
+                                 tpl) < 0.75
     page = build_report("01", [], [Failure("ses-01", "sub-01_T1w.nii.gz: file is empty", "x.log")])
     assert "FAILED" in page and "sub-01_T1w.nii.gz: file is empty" in page
 
 
 def test_unit_tags() -> None:
-    assert pipeline.unit_tag("01") == "ses-01"
-    assert pipeline.unit_tag("02", "AV45") == "ses-02_trc-AV45"
-    assert pipeline.unit_tag("", "PIB") == "trc-PIB" and pipeline.unit_tag("") == "mri"
+    assert plan.unit_tag("01") == "ses-01"
+    assert plan.unit_tag("02", "AV45") == "ses-02_trc-AV45"
+    assert plan.unit_tag("", "PIB") == "trc-PIB" and plan.unit_tag("") == "mri"
 
 
 # --------------------------------------------------------------------------- real, slow

@@ -11,6 +11,6 @@ Image operations (small pure functions, image in → image out):
 - :mod:`.slices`     sagittal slice positions and 224×224 slice extraction
 - :mod:`.mri`        :func:`preprocess_mri_session`, the per-session MRI chain
 
-Orchestration, derivatives and QC live in ``pipeline``/``report``/``checks``.
+Orchestration is :mod:`bids_amyloid.participant`; QC and input checks live in ``report``/``checks``.
 Nothing heavy (torch, ants) is imported here.
 """

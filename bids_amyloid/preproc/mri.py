@@ -8,7 +8,7 @@ For each contrast of one MRI session (T1w first when present)::
            ──one linear resampling onto the template 1 mm grid──▶ mni_image, mni_mask
 
 Without a T1w, each contrast is registered to the template directly. Images
-are never written here: the caller (``pipeline``) names and writes
+are never written here: the caller (:mod:`bids_amyloid.participant`) names and writes
 derivatives; only the transform ``.mat`` goes to ``work``.
 
 Example

@@ -1,0 +1,112 @@
+"""Value checks of a resolved configuration, run when it is loaded.
+
+Types are checked while a TOML file or a flag is read (:mod:`bids_amyloid.config`);
+here the *values* are: a choice among known names, a positive number, levels of
+equal length; the ``[cohort]`` rules of :func:`bids_amyloid.cohort.check_cohort_config`. A bad value fails before any work starts,
+with the key in the message (``preproc.skull_strip: ...``). The lists of known
+names are read from the modules that use them, so they cannot drift.
+
+Example
+-------
+>>> from bids_amyloid.config import AppConfig, PreprocConfig
+>>> check_config(AppConfig())
+>>> check_config(AppConfig(preproc=PreprocConfig(gamma=-1.0)))
+Traceback (most recent call last):
+...
+bids_amyloid.config.ConfigError: preproc.gamma: must be > 0, got -1.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bids_amyloid.config import TEMPLATE_SPACE, AppConfig, ConfigError
+
+# Settings that steered nothing and were removed: old files (model files) may
+# still hold them; their only supported value is accepted and dropped.
+RETIRED_PREPROC = {"registration": "rigid", "template_space": TEMPLATE_SPACE}
+
+
+def drop_retired(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without retired keys; a retired key with another value is an error."""
+    if section != "preproc":
+        return values
+    for key, only in RETIRED_PREPROC.items():
+        if key in values and values[key] != only:
+            raise ConfigError(f"preproc.{key}: {values[key]!r} is not supported; the pipeline "
+                              f"always uses {only!r} (the setting was removed)")
+    return {k: v for k, v in values.items() if k not in RETIRED_PREPROC}
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    """Known names, from the module that uses them (imported only when checking)."""
+    if name == "skull_strip":
+        return ("hdbet", "deepbet")
+    if name == "hdbet_mode":
+        from bids_amyloid.preproc.skullstrip import HDBET_FOLDS
+        return tuple(HDBET_FOLDS)
+    if name == "hdbet_tta_mirrors":
+        from bids_amyloid.preproc.skullstrip import MIRRORS
+        return tuple(MIRRORS)
+    if name == "suvr_reference":
+        from bids_amyloid.preproc.template import GAAIN_VOIS
+        return GAAIN_VOIS
+    if name == "suvr_equation":
+        from bids_amyloid.centiloid import EQUATIONS
+        return tuple(EQUATIONS)
+    raise KeyError(name)
+
+
+def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
+    """``(key, what is wrong)`` for every bad value."""
+    pp, co = cfg.preproc, cfg.cohort
+    for key in ("skull_strip", "hdbet_mode", "hdbet_tta_mirrors", "suvr_reference"):
+        value = getattr(pp, key)
+        if value not in _choices(key):
+            yield f"preproc.{key}", f"must be one of {', '.join(_choices(key))}, got {value!r}"
+    positive: dict[str, Callable[[Any], bool]] = {
+        "n4_bins": lambda v: v > 0, "n4_shrink_factor": lambda v: v >= 1,
+        "n4_convergence": lambda v: v > 0, "registration_voxel_mm": lambda v: v > 0,
+        "registration_sampling": lambda v: 0 < v <= 1, "gamma": lambda v: v > 0,
+        "pet_fwhm_mm": lambda v: v >= 0, "n_slices": lambda v: v >= 1,
+        "min_slice_mean": lambda v: v >= 0, "slice_size": lambda v: v >= 1,
+    }
+    for key, ok in positive.items():
+        value = getattr(pp, key)
+        if not ok(value):
+            rule = ("must be in (0, 1]" if key == "registration_sampling"
+                    else "must be ≥ 0" if key in ("pet_fwhm_mm", "min_slice_mean")
+                    else "must be ≥ 1" if key in ("n4_shrink_factor", "n_slices", "slice_size")
+                    else "must be > 0")
+            yield f"preproc.{key}", f"{rule}, got {value!r}"
+    if pp.template_resolution not in (1, 2):
+        yield "preproc.template_resolution", f"must be 1 or 2 (mm), got {pp.template_resolution!r}"
+    for prefix in ("registration", "pet_registration"):
+        lengths = {len(getattr(pp, f"{prefix}_{part}"))
+                   for part in ("shrink", "smoothing", "iterations")}
+        if len(lengths) != 1 or 0 in lengths:
+            yield (f"preproc.{prefix}_shrink", f"{prefix}_shrink, _smoothing and _iterations "
+                   "need one value per level, the same number each")
+    low, high = pp.clip_percentiles
+    if not 0 <= low < high <= 100:
+        yield "preproc.clip_percentiles", f"need 0 ≤ low < high ≤ 100, got {pp.clip_percentiles}"
+    low, high = pp.slice_range
+    if not 0 <= low < high <= 1:
+        yield "preproc.slice_range", f"need 0 ≤ low < high ≤ 1, got {pp.slice_range}"
+    if co.suvr_equation is not None and co.suvr_equation not in _choices("suvr_equation"):
+        yield "cohort.suvr_equation", (f"unknown equation {co.suvr_equation!r}; choose from "
+                                       f"{', '.join(_choices('suvr_equation'))}")
+
+
+def check_config(cfg: AppConfig) -> None:
+    """Raise :class:`ConfigError` naming the first bad value of ``cfg``."""
+    for key, problem in _problems(cfg):
+        raise ConfigError(f"{key}: {problem}")
+    from bids_amyloid.cohort import check_cohort_config
+    from bids_amyloid.errors import UsageError
+
+    try:
+        check_cohort_config(cfg.cohort)
+    except UsageError as err:
+        raise ConfigError(str(err)) from err
