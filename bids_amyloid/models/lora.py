@@ -68,8 +68,14 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.ModuleDict({p: nn.Linear(base.in_features, r, bias=False, **like)
                                      for p in parts})        # Kaiming-uniform, as nn.Linear
         self.lora_B = nn.ModuleDict({p: nn.Linear(r, width, bias=False, **like) for p in parts})
-        for layer in self.lora_B.values():
-            nn.init.zeros_(layer.weight)
+        for p in parts:
+            nn.init.zeros_(self._weights(p)[1])
+
+    def _weights(self, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A (r, in), B (out/parts, r))`` of one part."""
+        a, b = self.lora_A[part], self.lora_B[part]
+        assert isinstance(a, nn.Linear) and isinstance(b, nn.Linear)
+        return a.weight, b.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -79,8 +85,11 @@ class LoRALinear(nn.Module):
 
     def delta_weight(self) -> torch.Tensor:
         """``(out, in)``: what merging adds to the base weight (the adapters stacked by part)."""
-        return torch.cat([self.lora_B[p].weight @ self.lora_A[p].weight
-                          for p in self.parts]) * self.scaling
+        products = []
+        for p in self.parts:
+            a, b = self._weights(p)
+            products.append(b @ a)
+        return torch.cat(products) * self.scaling
 
 
 def lora_block_indices(depth: int, requested: tuple[int, ...]) -> tuple[int, ...]:

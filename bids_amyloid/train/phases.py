@@ -397,7 +397,7 @@ class DistillPhase(_Phase):
 
     name = "distill"
     scheduler_mode = "plateau"
-    selections = ("f1@tau", "cosine")
+    selections: tuple[str, ...] = ("f1@tau", "cosine")
     tie_breaks: ClassVar[dict[str, str]] = {"f1@tau": "auc"}
 
     def __init__(self, ctx: PhaseContext, student: nn.Module, teacher: nn.Module | None) -> None:
@@ -457,12 +457,15 @@ class DistillPhase(_Phase):
         return out
 
     def _teacher_embeddings(self) -> np.ndarray:
+        teacher = self.teacher
+        if teacher is None:
+            raise ValueError("no teacher: the teacher-student cosine is undefined")
         if self._teacher_val is None:
-            self.teacher.eval()
+            teacher.eval()
             contrasts = self.ctx.teacher_contrasts
 
             def forward(b: dict[str, Any]) -> tuple[Tensor, Tensor]:
-                out = self.teacher(*subset(b, contrasts), b["pet"], b["pet_mask"])
+                out = teacher(*subset(b, contrasts), b["pet"], b["pet_mask"])
                 return out.logit, out.embedding
 
             self._teacher_val = collect(self.ctx, forward)["embedding"]
