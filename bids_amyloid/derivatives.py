@@ -109,6 +109,16 @@ def pet_suvr_path(out: Path, sub: str, ses: str, tracer: str) -> Path:
                            trc=tracer, space=TEMPLATE_SPACE, desc="suvr")
 
 
+def native_brain_path(out: Path, sub: str, ses: str) -> Path:
+    """The skull-stripped, N4-corrected T1w on its native grid (PET is registered to it)."""
+    return derivative_path(out, sub, ses, "anat", suffix="T1w", ext=".nii.gz", desc="brain")
+
+
+def native_mask_path(out: Path, sub: str, ses: str) -> Path:
+    """The T1w's brain mask on its native grid."""
+    return derivative_path(out, sub, ses, "anat", suffix="mask", ext=".nii.gz", desc="brain")
+
+
 def qc_numbers_path(out: Path, sub: str, ses: str, tracer: str | None = None) -> Path:
     """QC numbers of a unit: the MRI session (``tracer`` None) or one PET scan."""
     if tracer is None:

@@ -16,8 +16,10 @@ import nibabel as nib
 import numpy as np
 
 from bids_amyloid.participant import plan, worker
+from bids_amyloid.preproc.register import write_itk_transform
 
 GRID = (20, 24, 20)
+CALLS: list[str] = []  # one "mri" per MRI session preprocessed in this process
 AFFINE = np.array([[1.0, 0, 0, -10], [0, 1.0, 0, -12], [0, 0, 1.0, -10], [0, 0, 0, 1]])
 
 
@@ -29,6 +31,7 @@ def template(_cfg: Any = None) -> nib.Nifti1Image:
 
 def preprocess_mri_session(images: dict[str, Path], cfg: Any, work: Path,
                            threads: int = 1) -> dict[str, SimpleNamespace]:
+    CALLS.append("mri")
     work.mkdir(parents=True, exist_ok=True)
     tpl = np.asarray(template().dataobj)
     out = {}
@@ -37,7 +40,7 @@ def preprocess_mri_session(images: dict[str, Path], cfg: Any, work: Path,
         data = np.asarray(native.dataobj, dtype=np.float32)
         mask = (data > np.percentile(data, 60)).astype(np.uint8)
         xfm = work / f"{contrast}.mat"
-        xfm.write_text(f"#Insight Transform File V1.0 fake for {contrast}\n")
+        write_itk_transform(np.eye(4), xfm)  # real .mat: PET-only re-runs read it back
         mni = tpl / tpl.max() * (0.9 if contrast == "T1w" else 0.7)
         out[contrast] = SimpleNamespace(
             contrast=contrast,

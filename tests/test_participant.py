@@ -196,6 +196,30 @@ def test_rerun_is_noop_then_parameters_change(fakes: None, bids: Path, tmp_path:
     assert_clean(out)
 
 
+def test_pet_only_change_does_not_redo_mri(fakes: None, bids: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(bids, out) == 0
+    before = mtimes(out)
+    mri = [p for sub, ses in MRI_SESSIONS for p in mri_files(out, sub, ses)]
+    pet = [p for sub, ses, tracer, _ in PETS for p in pet_files(out, sub, ses, tracer)]
+    conf = tmp_path / "pet.toml"
+    conf.write_text("[preproc]\npet_fwhm_mm = 6.0\n")
+    participant_fakes.CALLS.clear()
+    assert run(bids, out, "--config", str(conf)) == 0
+    assert participant_fakes.CALLS == [], "an MRI session was preprocessed again"
+    after = mtimes(out)
+    rel = [str(p.relative_to(out)) for p in mri]
+    assert all(after[k] == before[k] for k in rel), "MRI outputs were rewritten"
+    assert all(after[str(p.relative_to(out))] != before[str(p.relative_to(out))] for p in pet)
+    assert json.loads(sidecar_of(pet[0]).read_text())["Parameters"]["pet_fwhm_mm"] == 6.0
+    assert "pet_fwhm_mm" not in json.loads(sidecar_of(mri[0]).read_text())["Parameters"]
+    # a slice parameter shapes the MRI caches too: the MRI is redone
+    conf.write_text("[preproc]\npet_fwhm_mm = 6.0\nmin_slice_mean = 0.02\n")
+    assert run(bids, out, "--config", str(conf)) == 0
+    assert len(participant_fakes.CALLS) == len(MRI_SESSIONS)
+    assert_clean(out)
+
+
 def test_failing_session_commits_nothing(fakes: None, bids: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """An error after some files of a session were staged: none reach OUT; the run goes on."""

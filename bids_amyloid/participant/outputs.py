@@ -59,6 +59,9 @@ def mri_outputs(out: Path, job: SessionJob, bids_dir: Path | None) -> list[Outpu
         if contrast == reference:
             mask = drv.brain_mask_path(out, job.sub, job.ses)
             outs.append(Output(mask, drv.sidecar_of(mask), sources))
+        if contrast == PET_CONTRAST:  # what PET is registered to, kept for PET-only re-runs
+            outs += [Output(p, drv.sidecar_of(p), sources)
+                     for p in native_t1w_paths(out, job.sub, job.ses)]
     qc = drv.qc_numbers_path(out, job.sub, job.ses)
     outs.append(Output(qc, qc, tuple(drv.source_uri(p, bids_dir) for p in job.images.values())))
     return outs
@@ -75,7 +78,19 @@ def pet_outputs(out: Path, job: SessionJob, pet: PetJob, bids_dir: Path | None) 
             Output(qc, qc, sources)]
 
 
+def native_t1w_paths(out: Path, sub: str, ses: str) -> tuple[Path, Path]:
+    """The native-grid T1w brain and brain mask that PET units register to."""
+    return drv.native_brain_path(out, sub, ses), drv.native_mask_path(out, sub, ses)
+
+
+def mri_finished(ctx: RunContext, job: SessionJob) -> bool:
+    """True when the MRI unit's outputs are complete and current (and no --overwrite)."""
+    return not ctx.overwrite and is_finished(mri_outputs(ctx.out, job, ctx.bids_dir),
+                                             parameter_hash(ctx.cfg, "mri"))
+
+
 def reference_contrast(images: dict[str, Path]) -> str:
+    """The contrast whose brain mask is the session's (the T1w when present)."""
     return PET_CONTRAST if PET_CONTRAST in images else next(iter(images))
 
 
@@ -109,9 +124,7 @@ def is_finished(outputs: list[Output], expected_hash: str, extra: dict[str, Any]
 
 def job_finished(ctx: RunContext, job: SessionJob) -> bool:
     """True when the MRI unit and every PET unit of ``job`` are finished (and no --overwrite)."""
-    if ctx.overwrite:
-        return False
-    if not is_finished(mri_outputs(ctx.out, job, ctx.bids_dir), parameter_hash(ctx.cfg, "mri")):
+    if not mri_finished(ctx, job):
         return False
     expected = parameter_hash(ctx.cfg, "pet")
     return all(is_finished(pet_outputs(ctx.out, job, pet, ctx.bids_dir), expected,

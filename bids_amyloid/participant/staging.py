@@ -21,12 +21,21 @@ from bids_amyloid.config import TEMPLATE_SPACE
 from bids_amyloid.io import write_json
 from bids_amyloid.participant.outputs import (
     mri_outputs,
+    native_t1w_paths,
     parameter_hash,
     pet_sources,
     reference_contrast,
     unit_parameters,
 )
-from bids_amyloid.participant.plan import PetJob, RunContext, SessionJob, Steps, ses_tag, unit_tag
+from bids_amyloid.participant.plan import (
+    PET_CONTRAST,
+    PetJob,
+    RunContext,
+    SessionJob,
+    Steps,
+    ses_tag,
+    unit_tag,
+)
 
 
 def base_meta(ctx: RunContext, sources: Sequence[str], modality: str) -> dict[str, Any]:
@@ -92,6 +101,16 @@ def stage_mri(job: SessionJob, ctx: RunContext, steps: Steps, results: dict[str,
                 **base_meta(ctx, by_path[mask], "mri"), **space_meta(), "Type": "Brain",
                 "SkullStripped": False, "TemplateMaskDice": dice,
                 "Description": f"brain mask of the {contrast} ({pp.skull_strip}), template grid"})
+        if contrast == PET_CONTRAST:
+            for path, img, kind in zip(native_t1w_paths(stage, job.sub, job.ses),
+                                       (res.native_brain, res.native_mask), ("brain", "mask"),
+                                       strict=True):
+                save_nifti(img, path)
+                write_json(drv.sidecar_of(path), {
+                    **base_meta(ctx, by_path[path], "mri"), "SkullStripped": kind == "brain",
+                    **({"Type": "Brain"} if kind == "mask" else {}),
+                    "Description": f"{contrast} {kind} on its native grid ({pp.skull_strip}, "
+                                   "N4-corrected): the target PET is registered to"})
         figures += _mri_figures(stage, job, contrast, res, template)
         numbers[contrast] = unit_metrics(res.metrics)
         if contrast == reference:

@@ -22,7 +22,13 @@ from bids_amyloid import derivatives as drv
 from bids_amyloid.errors import InputDataError
 from bids_amyloid.io import atomic_path, write_text
 from bids_amyloid.participant.commit import commit
-from bids_amyloid.participant.outputs import job_finished, mri_outputs, pet_outputs
+from bids_amyloid.participant.outputs import (
+    job_finished,
+    mri_finished,
+    mri_outputs,
+    native_t1w_paths,
+    pet_outputs,
+)
 from bids_amyloid.participant.plan import (
     PET_CONTRAST,
     PetJob,
@@ -53,9 +59,10 @@ def run_job(job: SessionJob, ctx: RunContext) -> list[UnitResult]:
 
     PET files are checked first: a bad one fails at once. When the MRI and
     every remaining PET are finished, nothing else runs (a permanently bad PET
-    does not make each re-run redo its MRI). Otherwise the MRI and all remaining
-    PET are redone together: PET is registered through the MRI result computed
-    in this same job, so MRI and PET outputs always agree.
+    does not make each re-run redo its MRI). When only PET is out of date (a
+    PET-only parameter changed, a new PET scan), the PET is registered through
+    the committed T1w (native brain, mask, transform) and the MRI is not redone.
+    Otherwise the MRI and all remaining PET are redone together.
     """
     results, pets = _precheck_pets(job, ctx)
     job = replace(job, pets=tuple(pets))
@@ -71,7 +78,12 @@ def run_job(job: SessionJob, ctx: RunContext) -> list[UnitResult]:
     log = drv.log_path(ctx.out, job.sub, unit_tag(job.ses))
     with _unit(job.sub, job.ses, None, log, work / "mri.log") as box:
         steps = load_steps()
-        mri_res = _mri_unit(job, ctx, steps, work)
+        if job.pets and mri_finished(ctx, job):
+            LOG.info("sub-%s %s: MRI up to date; PET registered through its committed T1w",
+                     job.sub, unit_tag(job.ses))
+            mri_res = {PET_CONTRAST: committed_t1w(ctx.out, job)}
+        else:
+            mri_res = _mri_unit(job, ctx, steps, work)
     results.append(mri_result := box.result)
     for pet in job.pets:
         log = drv.log_path(ctx.out, job.sub, unit_tag(pet.ses, pet.tracer))
@@ -150,6 +162,22 @@ def _mri_unit(job: SessionJob, ctx: RunContext, steps: Steps, work: Path) -> dic
     stage_mri(job, ctx, steps, results, stage)
     commit(stage, ctx.out, mri_outputs(stage, job, ctx.bids_dir))
     return results
+
+
+def committed_t1w(out: Path, job: SessionJob) -> Any:
+    """The session's T1w result rebuilt from OUT: what a PET unit needs of it."""
+    import nibabel as nib
+
+    from bids_amyloid.preproc.mri import MRIResult
+    from bids_amyloid.preproc.register import read_itk_transform
+
+    brain, mask = (nib.load(p) for p in native_t1w_paths(out, job.sub, job.ses))
+    xfm = drv.mri_xfm_path(out, job.sub, job.ses, PET_CONTRAST)
+    return MRIResult(contrast=PET_CONTRAST,
+                     mni_image=nib.load(drv.mri_preproc_path(out, job.sub, job.ses, PET_CONTRAST)),
+                     mni_mask=nib.load(drv.brain_mask_path(out, job.sub, job.ses)),
+                     native_image=brain, native_mask=mask, native_brain=brain,
+                     transform_file=xfm, to_template=read_itk_transform(xfm))
 
 
 def _pet_unit(job: SessionJob, pet: PetJob, mri_res: dict[str, Any], ctx: RunContext,
