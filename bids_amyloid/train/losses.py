@@ -7,8 +7,8 @@ Example
 -------
 >>> import torch
 >>> logits, labels = torch.tensor([2.0, -1.0]), torch.tensor([1.0, 0.0])
->>> round(float(bce_loss(logits, labels)), 4)
-0.22
+>>> round(float(bce_loss(logits, labels)), 4)  # (log(1 + e⁻²) + log(1 + e⁻¹)) / 2
+0.2201
 """
 
 from __future__ import annotations
