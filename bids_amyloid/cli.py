@@ -336,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("predict needs --model PATH (a student_*.pt file)")
         check_paths(args)
         opts = build_options(args)
-        from bids_amyloid.config import ConfigError, load_config
+        from bids_amyloid.config import ConfigError
+        from bids_amyloid.config_checks import load_run_config
 
         if args.config is not None and not args.config.is_file():
             raise InputMissingError(f"configuration file {args.config} does not exist")
         try:
-            cfg = load_config(args.config, config_overrides(args))
+            cfg = load_run_config(args.config, config_overrides(args))
         except ConfigError as err:
             raise UsageError(str(err)) from err
         make_output_dirs(args)  # only once every argument is known to be good

@@ -309,7 +309,12 @@ class AppConfig:
 
 
 class ConfigError(ValueError):
-    """A configuration file or override names an unknown key or a wrong type."""
+    """A configuration file or override names an unknown key, a wrong type or a bad value."""
+
+
+# Settings removed because they steered nothing; files written before (model files)
+# may still hold them: their only supported value is accepted and dropped.
+RETIRED = {("preproc", "registration"): "rigid", ("preproc", "template_space"): TEMPLATE_SPACE}
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -343,9 +348,12 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 
 def _replace(section: Any, values: dict[str, Any], name: str) -> Any:
-    from bids_amyloid.config_checks import drop_retired
-
-    values = drop_retired(name, values)
+    retired = [k for k in values if (name, k) in RETIRED]
+    for key in retired:
+        if values[key] != RETIRED[(name, key)]:
+            raise ConfigError(f"{name}.{key}: {values[key]!r} is not supported; the pipeline "
+                              f"always uses {RETIRED[(name, key)]!r} (the setting was removed)")
+    values = {k: v for k, v in values.items() if k not in retired}
     hints = typing.get_type_hints(type(section))
     known = {f.name for f in dataclasses.fields(section)}
     unknown = sorted(set(values) - known)
@@ -370,15 +378,11 @@ def apply_overrides(cfg: AppConfig, overrides: dict[str, dict[str, Any]]) -> App
 
 
 def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] | None = None) -> AppConfig:
-    """Defaults, then the TOML file at ``path``, then ``overrides``; values checked.
+    """Defaults, then the TOML file at ``path``, then ``overrides`` (keys and types checked).
 
-    Raises
-    ------
-    ConfigError
-        Unreadable file, unknown key, wrong type or bad value (the key is named).
+    A run loads its configuration with :func:`bids_amyloid.config_checks.load_run_config`,
+    which also checks the values.
     """
-    from bids_amyloid.config_checks import check_config
-
     cfg = AppConfig()
     if path is not None:
         try:
@@ -388,7 +392,6 @@ def load_config(path: Path | None = None, overrides: dict[str, dict[str, Any]] |
         cfg = apply_overrides(cfg, data)
     if overrides:
         cfg = apply_overrides(cfg, overrides)
-    check_config(cfg)
     return cfg
 
 

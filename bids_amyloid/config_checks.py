@@ -1,7 +1,7 @@
 """Value checks of a resolved configuration, run when it is loaded.
 
 Types are checked while a TOML file or a flag is read (:mod:`bids_amyloid.config`);
-here the *values* are: a choice among known names, a positive number, levels of
+here, before any work starts (:func:`load_run_config`, which the CLI uses), the *values* are: a choice among known names, a positive number, levels of
 equal length; the ``[cohort]`` rules of :func:`bids_amyloid.cohort.check_cohort_config`. A bad value fails before any work starts,
 with the key in the message (``preproc.skull_strip: ...``). The lists of known
 names are read from the modules that use them, so they cannot drift.
@@ -19,24 +19,10 @@ bids_amyloid.config.ConfigError: preproc.gamma: must be > 0, got -1.0
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
-from bids_amyloid.config import TEMPLATE_SPACE, AppConfig, ConfigError
-
-# Settings that steered nothing and were removed: old files (model files) may
-# still hold them; their only supported value is accepted and dropped.
-RETIRED_PREPROC = {"registration": "rigid", "template_space": TEMPLATE_SPACE}
-
-
-def drop_retired(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` without retired keys; a retired key with another value is an error."""
-    if section != "preproc":
-        return values
-    for key, only in RETIRED_PREPROC.items():
-        if key in values and values[key] != only:
-            raise ConfigError(f"preproc.{key}: {values[key]!r} is not supported; the pipeline "
-                              f"always uses {only!r} (the setting was removed)")
-    return {k: v for k, v in values.items() if k not in RETIRED_PREPROC}
+from bids_amyloid.config import AppConfig, ConfigError, load_config
 
 
 def _choices(name: str) -> tuple[str, ...]:
@@ -97,6 +83,20 @@ def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
     if co.suvr_equation is not None and co.suvr_equation not in _choices("suvr_equation"):
         yield "cohort.suvr_equation", (f"unknown equation {co.suvr_equation!r}; choose from "
                                        f"{', '.join(_choices('suvr_equation'))}")
+
+
+def load_run_config(path: Path | None = None,
+                    overrides: dict[str, dict[str, Any]] | None = None) -> AppConfig:
+    """:func:`~bids_amyloid.config.load_config`, then :func:`check_config`: what a run uses.
+
+    Raises
+    ------
+    ConfigError
+        Unreadable file, unknown key, wrong type or bad value (the key is named).
+    """
+    cfg = load_config(path, overrides)
+    check_config(cfg)
+    return cfg
 
 
 def check_config(cfg: AppConfig) -> None:

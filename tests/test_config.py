@@ -148,8 +148,10 @@ def test_restart_hash_per_modality(section: str, key: str, value: object,
 def test_bad_values_fail_at_load_naming_the_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(toml)
+    from bids_amyloid.config_checks import load_run_config
+
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
-        load_config(path)
+        load_run_config(path)
 
 
 def test_retired_settings_with_their_only_value_still_load() -> None:
