@@ -35,6 +35,11 @@ def _choices(name: str) -> tuple[str, ...]:
     if name == "hdbet_tta_mirrors":
         from bids_amyloid.preproc.skullstrip import MIRRORS
         return tuple(MIRRORS)
+    if name == "pet_window_policy":
+        from bids_amyloid.preproc.frames import POLICIES
+        return POLICIES
+    if name == "voi_registration":
+        return ("affine", "rigid")  # see PreprocConfig.voi_registration
     if name == "suvr_reference":
         from bids_amyloid.preproc.template import GAAIN_VOIS
         return GAAIN_VOIS
@@ -47,7 +52,8 @@ def _choices(name: str) -> tuple[str, ...]:
 def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
     """``(key, what is wrong)`` for every bad value."""
     pp, co = cfg.preproc, cfg.cohort
-    for key in ("skull_strip", "hdbet_mode", "hdbet_tta_mirrors", "suvr_reference"):
+    for key in ("skull_strip", "hdbet_mode", "hdbet_tta_mirrors", "suvr_reference",
+                "pet_window_policy", "voi_registration"):
         value = getattr(pp, key)
         if value not in _choices(key):
             yield f"preproc.{key}", f"must be one of {', '.join(_choices(key))}, got {value!r}"
@@ -74,6 +80,9 @@ def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
         if len(lengths) != 1 or 0 in lengths:
             yield (f"preproc.{prefix}_shrink", f"{prefix}_shrink, _smoothing and _iterations "
                    "need one value per level, the same number each")
+    for tracer, (start, end) in pp.pet_windows.items():
+        if not 0 <= start < end:
+            yield f"preproc.pet_windows.{tracer}", f"need 0 ≤ start < end (minutes), got {start}, {end}"
     low, high = pp.clip_percentiles
     if not 0 <= low < high <= 100:
         yield "preproc.clip_percentiles", f"need 0 ≤ low < high ≤ 100, got {pp.clip_percentiles}"
