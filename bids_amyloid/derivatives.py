@@ -9,6 +9,7 @@ Layout of OUT (participant level)::
     OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz
     OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz
     OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat
+    OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_desc-brain_T1w.nii.gz, ..._desc-brain_mask.nii.gz (native)
     OUT/sub-XX/ses-YY/anat/sub-XX_ses-YY_space-MNI152NLin2009aSym_desc-slices_T1w.npy (+ .json)
     OUT/sub-XX/ses-PP/pet/sub-XX_ses-PP_trc-AV45_space-MNI152NLin2009aSym_desc-suvr_pet.nii.gz
     OUT/sub-XX/ses-PP/pet/sub-XX_ses-PP_trc-AV45_space-MNI152NLin2009aSym_desc-slices_pet.npy

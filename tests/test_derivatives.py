@@ -60,3 +60,45 @@ def test_init_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert desc["DatasetType"] == "derivative"
     assert desc["GeneratedBy"][0]["Container"]["Tag"] == "bids-amyloid:0.1.0"
     assert "*_desc-slices_*" in (tmp_path / "out" / ".bidsignore").read_text()
+
+
+def test_participant_names() -> None:
+    """Names as the BIDS-Derivatives conventions spell them (written out by hand)."""
+    from bids_amyloid import derivatives as drv
+
+    out = Path("/out")
+    anat = out / "sub-01" / "ses-02" / "anat"
+    space = "space-MNI152NLin2009aSym"
+    assert drv.mri_preproc_path(out, "01", "02", "T2w") == \
+        anat / f"sub-01_ses-02_{space}_desc-preproc_T2w.nii.gz"
+    assert drv.brain_mask_path(out, "01", "02") == anat / f"sub-01_ses-02_{space}_desc-brain_mask.nii.gz"
+    assert drv.mri_xfm_path(out, "01", "02", "FLAIR") == \
+        anat / "sub-01_ses-02_from-FLAIR_to-MNI152NLin2009aSym_mode-image_xfm.mat"
+    assert drv.native_brain_path(out, "01", "02") == anat / "sub-01_ses-02_desc-brain_T1w.nii.gz"
+    assert drv.native_mask_path(out, "01", "02") == anat / "sub-01_ses-02_desc-brain_mask.nii.gz"
+    assert drv.pet_suvr_path(out, "01", "03", "PIB") == \
+        out / "sub-01" / "ses-03" / "pet" / f"sub-01_ses-03_trc-PIB_{space}_desc-suvr_pet.nii.gz"
+    figures = out / "sub-01" / "figures"
+    assert drv.qc_numbers_path(out, "01", "02") == figures / "sub-01_ses-02_desc-anat_qc.json"
+    assert drv.qc_numbers_path(out, "01", "03", "AV45") == \
+        figures / "sub-01_ses-03_trc-AV45_desc-pet_qc.json"
+    assert drv.mri_figure_path(out, "01", "02", "skullstrip", "T1w") == \
+        figures / "sub-01_ses-02_desc-skullstrip_T1w.png"
+    assert drv.pet_figure_path(out, "01", "03", "AV45") == \
+        figures / "sub-01_ses-03_trc-AV45_desc-suvr_pet.png"
+    # no session: no ses- entity and no ses- folder
+    assert drv.mri_preproc_path(out, "01", "", "T1w") == \
+        out / "sub-01" / "anat" / f"sub-01_{space}_desc-preproc_T1w.nii.gz"
+
+
+def test_source_and_output_uris(tmp_path: Path) -> None:
+    from bids_amyloid.derivatives import output_uri, source_uri
+
+    bids = tmp_path / "bids"
+    raw = bids / "sub-01" / "anat" / "sub-01_T1w.nii.gz"
+    assert source_uri(raw, bids) == "bids:raw:sub-01/anat/sub-01_T1w.nii.gz"
+    elsewhere = tmp_path / "other" / "x.nii.gz"
+    assert source_uri(elsewhere, bids) == str(elsewhere.resolve())
+    assert source_uri(raw, None) == str(raw.resolve())
+    out = tmp_path / "out"
+    assert output_uri(out / "sub-01" / "anat" / "a.nii.gz", out) == "bids::sub-01/anat/a.nii.gz"
