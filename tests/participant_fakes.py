@@ -60,7 +60,9 @@ def preprocess_pet(pet: Path, mri: Any, cfg: Any, work: Path, threads: int = 1) 
     level = float(data.mean() / (data.mean() + 1.0)) + 1.0  # depends on the input, ~1–2
     suvr = np.asarray(mri.mni_image.dataobj) * level
     return SimpleNamespace(suvr_mni=nib.Nifti1Image(suvr.astype(np.float32), AFFINE),
-                           reference_mean=float(data.mean()), metrics={"seconds_total": 0.01})
+                           reference_mean=float(data.mean()), metrics={"seconds_total": 0.01},
+                           frames={"NumberOfFrames": int(data.shape[3]) if data.ndim == 4 else 1,
+                                   "FramesUsed": [0]})
 
 
 def _slices(volume: nib.Nifti1Image, cfg: Any, keep_all: bool) -> tuple[np.ndarray, list[int]]:

@@ -161,20 +161,23 @@ def _mri_figures(stage: Path, job: SessionJob, contrast: str, res: Any,
 def stage_pet(job: SessionJob, pet: PetJob, ctx: RunContext, steps: Steps, t1: Any,
                result: Any, stage: Path) -> None:
     from bids_amyloid.preproc import report
+    from bids_amyloid.preproc.pet import frames_description, pet_flags, sidecar_fields
 
     pp = ctx.cfg.preproc
+    frames = frames_description(result.frames)
     sources = pet_sources(stage, job, pet, ctx.bids_dir)
     suvr = drv.pet_suvr_path(stage, job.sub, pet.ses, pet.tracer)
     save_nifti(result.suvr_mni, suvr)
     metrics = {"reference_mean": float(result.reference_mean), **unit_metrics(result.metrics)}
     write_json(drv.sidecar_of(suvr), {
         **base_meta(ctx, sources, "pet"), **space_meta(), "SkullStripped": False,
-        "Description": (f"{pet.tracer} PET: frames averaged, Gaussian FWHM {pp.pet_fwhm_mm} mm, "
+        "Description": (f"{pet.tracer} PET: {frames}, Gaussian FWHM {pp.pet_fwhm_mm} mm, "
                         f"rigid to the T1w of {unit_tag(job.ses)}, then to {TEMPLATE_SPACE}; SUVR with "
                         f"the GAAIN {pp.suvr_reference} reference region"),
         "TracerName": pet.tracer, "MRISession": ses_tag(job.ses), "Quantity": "SUVR",
         "ReferenceRegion": f"GAAIN Centiloid VOI {pp.suvr_reference}",
-        "ReferenceRegionMean": metrics["reference_mean"], "Metrics": metrics})
+        "ReferenceRegionMean": metrics["reference_mean"], "Metrics": metrics,
+        **sidecar_fields(result, pp)})
     slices, indices = steps.extract_pet_slices(result.suvr_mni, pp)
     cache = drv.pet_slice_cache(stage, job.sub, pet.ses, pet.tracer)
     drv.write_slice_cache(cache, slices, indices, {
@@ -189,6 +192,9 @@ def stage_pet(job: SessionJob, pet: PetJob, ctx: RunContext, steps: Steps, t1: A
         **base_meta(ctx, sources, "pet"), "Unit": unit_tag(pet.ses, pet.tracer, " "), "Session": pet.ses,
         "Kind": "pet", "MRISession": ses_tag(job.ses),
         "Title": f"{unit_tag(pet.ses, pet.tracer, ' ')} PET (registered through {unit_tag(job.ses)})",
-        "Numbers": {pet.tracer: metrics}, "Flags": {pet.tracer: report.flag_metrics(metrics)},
+        "Numbers": {pet.tracer: metrics},
+        "Flags": {pet.tracer: report.flag_metrics(metrics) + pet_flags(result)},
+        "Notes": [f"PET frames: {frames}",
+                  f"Centiloid VOIs: {sidecar_fields(result, pp)['CentiloidVOIPlacement']}"],
         "Figures": [{"file": _write_png(fig, png),
                      "caption": f"{pet.tracer} SUVR over the registered T1w of {unit_tag(job.ses)}"}]})

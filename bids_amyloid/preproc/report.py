@@ -301,6 +301,7 @@ def _section(rec: dict[str, Any]) -> str:
     parts = [f"<h2>{_fmt(rec.get('Title', rec.get('Unit', '')))}</h2>"]
     for label, flags in rec.get("Flags", {}).items():
         parts.extend(f'<p class="flag">{_fmt(label)}: {_fmt(flag)}</p>' for flag in flags)
+    parts.extend(f"<p>{_fmt(note)}</p>" for note in rec.get("Notes", []))
     for label, metrics in rec.get("Numbers", {}).items():
         cells = "".join(f"<th>{_fmt(k)}</th>" for k in metrics)
         values = "".join(f"<td>{_fmt(v)}</td>" for v in metrics.values())
