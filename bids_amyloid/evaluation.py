@@ -18,13 +18,15 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "sensitivity", "specificity", "npv")
+SCREENING_NAMES = ("sensitivity", "specificity", "ppv", "npv")
+OPERATING_POINTS = ("0.5", "tau", "rule_out", "rule_in")
 
 
 def _arrays(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray
@@ -95,50 +97,157 @@ def auc(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarra
     return float(roc_auc_score(y, p))
 
 
+def bootstrap_resamples(subjects: Sequence[str], n_boot: int, seed: int
+                        ) -> Iterator[np.ndarray]:
+    """Sample indices of ``n_boot`` resamples drawing subjects with replacement.
+
+    All samples of a drawn subject enter the resample together (a subject may
+    have several sessions); the same seed gives the same resamples.
+    """
+    subj = np.asarray(subjects).ravel()
+    uniq, inverse = np.unique(subj, return_inverse=True)
+    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
+    rng = np.random.default_rng(seed)
+    for _ in range(max(int(n_boot), 0)):
+        drawn = rng.integers(0, uniq.size, uniq.size)
+        yield np.concatenate([members[k] for k in drawn])
+
+
+def _percentile_ci(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if np.isfinite(v)]
+    if not finite:
+        return float("nan"), float("nan")
+    low, high = np.percentile(finite, [2.5, 97.5])
+    return float(low), float(high)
+
+
 def auc_with_ci(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
                 subjects: Sequence[str], n_boot: int = 1000, seed: int = 42
                 ) -> tuple[float, float, float]:
-    """AUC and its 95 % percentile bootstrap CI, resampling subjects with replacement.
-
-    All samples of a drawn subject enter the resample together (a subject may
-    have several sessions). Resamples holding a single class are skipped.
+    """AUC and its 95 % percentile bootstrap CI, resampling subjects with replacement
+    (:func:`bootstrap_resamples`). Resamples holding a single class are skipped.
 
     Returns
     -------
     (auc, low, high); NaN where undefined.
     """
     y, p = _arrays(labels, probs)
-    subj = np.asarray(subjects).ravel()
-    if subj.size != y.size:
-        raise ValueError(f"{subj.size} subject ids for {y.size} samples")
+    if len(subjects) != y.size:
+        raise ValueError(f"{len(subjects)} subject ids for {y.size} samples")
     point = auc(y, p)
     if np.isnan(point) or n_boot <= 0:
         return point, float("nan"), float("nan")
-    uniq, inverse = np.unique(subj, return_inverse=True)
-    members = [np.flatnonzero(inverse == k) for k in range(uniq.size)]
-    rng = np.random.default_rng(seed)
-    scores = []
-    for _ in range(n_boot):
-        drawn = rng.integers(0, uniq.size, uniq.size)
-        idx = np.concatenate([members[k] for k in drawn])
-        if np.unique(y[idx]).size < 2:
+    scores = [float(roc_auc_score(y[idx], p[idx]))
+              for idx in bootstrap_resamples(subjects, n_boot, seed)
+              if np.unique(y[idx]).size == 2]
+    low, high = _percentile_ci(scores)
+    return point, low, high
+
+
+def screening_rates(labels: np.ndarray, positive: np.ndarray) -> dict[str, float]:
+    """Sensitivity, specificity, PPV, NPV of 0/1 decisions, and the fraction called negative
+    (``pet_avoided``: at a rule-out point, the PET scans not needed). NaN for an empty
+    denominator."""
+    pos, neg = labels == 1, labels == 0
+    tp, fn = float(np.sum(positive & pos)), float(np.sum(~positive & pos))
+    tn, fp = float(np.sum(~positive & neg)), float(np.sum(positive & neg))
+    nan = float("nan")
+    return {"sensitivity": _ratio(tp, tp + fn, nan), "specificity": _ratio(tn, tn + fp, nan),
+            "ppv": _ratio(tp, tp + fp, nan), "npv": _ratio(tn, tn + fn, nan),
+            "pet_avoided": _ratio(tn + fn, labels.size, nan)}
+
+
+def rule_out_threshold(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
+                       min_sensitivity: float = 0.90) -> float:
+    """The highest threshold keeping sensitivity ≥ ``min_sensitivity`` on these samples.
+
+    Positive if p > threshold. With ``k = ceil(min_sensitivity · N₊)``, the
+    k-th highest positive probability must stay above the threshold; the
+    threshold is placed halfway between it and the next lower probability of
+    any sample (0 if none), so as many samples as possible fall below it
+    (are ruled out). NaN without positives.
+    """
+    y, p = _arrays(labels, probs)
+    positives = np.sort(p[y == 1])[::-1]
+    if positives.size == 0:
+        return float("nan")
+    k = int(np.ceil(min_sensitivity * positives.size - 1e-9))
+    anchor = positives[max(k, 1) - 1]
+    below = p[p < anchor]
+    return float((anchor + (below.max() if below.size else 0.0)) / 2.0)
+
+
+def rule_in_threshold(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
+                      min_specificity: float = 0.90) -> float:
+    """The lowest threshold keeping specificity ≥ ``min_specificity`` on these samples.
+
+    With ``m = ceil(min_specificity · N₋)``, the m-th lowest negative
+    probability must not exceed the threshold; the threshold is placed halfway
+    between it and the next higher probability of any sample (1 if none). NaN
+    without negatives.
+    """
+    y, p = _arrays(labels, probs)
+    negatives = np.sort(p[y == 0])
+    if negatives.size == 0:
+        return float("nan")
+    m = int(np.ceil(min_specificity * negatives.size - 1e-9))
+    anchor = negatives[max(m, 1) - 1]
+    above = p[p > anchor]
+    return float((anchor + (above.min() if above.size else 1.0)) / 2.0)
+
+
+def operating_points(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
+                     tau: float, min_sensitivity: float, min_specificity: float
+                     ) -> dict[str, float]:
+    """The four thresholds a model file records, chosen on validation: ``0.5``, ``tau``
+    (F1-max), ``rule_out`` (sensitivity ≥ ``min_sensitivity``), ``rule_in`` (specificity ≥
+    ``min_specificity``); all on the model's (uncalibrated) probability scale."""
+    return {"0.5": 0.5, "tau": float(tau),
+            "rule_out": rule_out_threshold(labels, probs, min_sensitivity),
+            "rule_in": rule_in_threshold(labels, probs, min_specificity)}
+
+
+def operating_point_columns(labels: np.ndarray, probs: np.ndarray, subjects: Sequence[str],
+                            points: dict[str, float], n_boot: int, seed: int
+                            ) -> dict[str, float]:
+    """Per operating point: ``threshold@P`` and SCREENING_NAMES ``@P`` with subject-bootstrap
+    95 % CIs (``…@P_ci_low`` / ``_ci_high``); ``pet_avoided`` at ``rule_out`` only."""
+    y, p = _arrays(labels, probs)
+    resamples = list(bootstrap_resamples(subjects, n_boot, seed))
+    row: dict[str, float] = {}
+    for name, thr in points.items():
+        keys = SCREENING_NAMES + (("pet_avoided",) if name == "rule_out" else ())
+        row[f"threshold@{name}"] = float(thr)
+        if not np.isfinite(thr):
+            for key in keys:
+                row.update({f"{key}@{name}": float("nan"), f"{key}@{name}_ci_low": float("nan"),
+                            f"{key}@{name}_ci_high": float("nan")})
             continue
-        scores.append(roc_auc_score(y[idx], p[idx]))
-    if not scores:
-        return point, float("nan"), float("nan")
-    low, high = np.percentile(scores, [2.5, 97.5])
-    return point, float(low), float(high)
+        point = screening_rates(y, p > thr)
+        boot = [screening_rates(y[idx], p[idx] > thr) for idx in resamples]
+        for key in keys:
+            low, high = _percentile_ci([b[key] for b in boot])
+            row.update({f"{key}@{name}": point[key], f"{key}@{name}_ci_low": low,
+                        f"{key}@{name}_ci_high": high})
+    return row
 
 
 def metrics_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | np.ndarray,
-                subjects: Sequence[str], tau: float, n_boot: int = 1000, seed: int = 42
-                ) -> dict[str, float]:
+                subjects: Sequence[str], tau: float, n_boot: int = 1000, seed: int = 42,
+                points: dict[str, float] | None = None,
+                calibrated: Sequence[float] | np.ndarray | None = None) -> dict[str, float]:
     """One row of a ``metrics.tsv`` (group and predict level): counts, AUC with its CI, metrics.
 
     Columns: ``n`` (samples), ``n_subjects``, ``n_positive``, ``auc``,
     ``auc_ci_low``, ``auc_ci_high``, ``threshold`` (τ), then every
-    :data:`METRIC_NAMES` entry at 0.5 (``f1@0.5`` …) and at τ (``f1@tau`` …).
+    :data:`METRIC_NAMES` entry at 0.5 (``f1@0.5`` …) and at τ (``f1@tau`` …);
+    then Brier score and ECE before and after calibration
+    (:func:`bids_amyloid.calibration.calibration_columns`; ``_calibrated`` NaN
+    without ``calibrated`` probabilities); then, per operating point of
+    ``points`` (default 0.5 and τ), :func:`operating_point_columns`.
     """
+    from bids_amyloid.calibration import calibration_columns
+
     y, p = _arrays(labels, probs)
     value, low, high = auc_with_ci(y, p, subjects, n_boot=n_boot, seed=seed)
     row: dict[str, float] = {"n": int(y.size), "n_subjects": len(set(subjects)),
@@ -148,24 +257,32 @@ def metrics_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | n
     for name, thr in (("0.5", 0.5), ("tau", tau)):
         for key, val in binary_metrics(y, p, thr).items():
             row[f"{key}@{name}"] = val
+    row.update(calibration_columns(y, p, calibrated))
+    chosen = points if points is not None else {"0.5": 0.5, "tau": float(tau)}
+    row.update(operating_point_columns(y, p, subjects, chosen, n_boot, seed))
     return row
 
 
-def evaluation_table(predictions: pd.DataFrame, taus: dict[str, float], n_boot: int = 1000,
-                     seed: int = 42) -> pd.DataFrame:
+def evaluation_table(predictions: pd.DataFrame, points: dict[str, dict[str, float]],
+                     n_boot: int = 1000, seed: int = 42) -> pd.DataFrame:
     """``metrics.tsv`` from per-sample predictions.
 
     Parameters
     ----------
     predictions
-        Columns ``model``, ``split``, ``participant_id``, ``label``, ``probability``.
-    taus
-        τ per model (chosen on validation).
+        Columns ``model``, ``split``, ``participant_id``, ``label``, ``probability``, and
+        ``probability_calibrated`` if the models are calibrated.
+    points
+        Per model, its operating points (:func:`operating_points`, chosen on validation;
+        at least ``tau``).
     """
     rows = []
     for (model, split), group in predictions.groupby(["model", "split"], sort=False):
+        chosen = points[str(model)]
+        calibrated = (group["probability_calibrated"].to_numpy(float)
+                      if "probability_calibrated" in group else None)
         row = metrics_row(group["label"].to_numpy(), group["probability"].to_numpy(),
-                          group["participant_id"].astype(str).tolist(), taus[str(model)],
-                          n_boot=n_boot, seed=seed)
+                          group["participant_id"].astype(str).tolist(), chosen["tau"],
+                          n_boot=n_boot, seed=seed, points=chosen, calibrated=calibrated)
         rows.append({"model": model, "split": split, **row})
     return pd.DataFrame(rows)
