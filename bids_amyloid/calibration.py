@@ -91,7 +91,8 @@ class PlattScaling:
         if not isinstance(entry, dict) or entry.get("method") != METHOD:
             raise ValueError(f"unknown calibration entry {entry!r} (expected method {METHOD!r})")
         slope, intercept = entry.get("slope"), entry.get("intercept")
-        if not all(isinstance(v, int | float) and np.isfinite(v) for v in (slope, intercept)):
+        if not (isinstance(slope, int | float) and isinstance(intercept, int | float)
+                and np.isfinite(slope) and np.isfinite(intercept)):
             raise ValueError(f"calibration entry {entry!r} has no finite slope and intercept")
         return cls(float(slope), float(intercept), int(entry.get("n", 0)))
 
@@ -188,34 +189,36 @@ def calibration_columns(labels: Sequence[float] | np.ndarray, probs: Sequence[fl
             else float("nan")}
 
 
-def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str) -> bytes:
+def reliability_figure(panels: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]) -> bytes:
     """PNG reliability diagram: observed positive fraction vs mean probability per bin.
 
-    ``curves`` maps a label (e.g. ``"before"``, ``"after"``) to ``(labels, probs)``;
-    each curve's points are sized by the bin's sample count.
+    One panel per ``panels`` entry (its title); each maps a curve label (e.g.
+    ``"before"``, ``"after"``) to ``(labels, probs)``. Marker size follows the
+    bin's sample count; the legend gives each curve's ECE and Brier score.
     """
     import io
 
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4.6, 4.6))
-    ax = fig.add_subplot(1, 1, 1)
-    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
-    for name, (y, p) in curves.items():
-        bins = reliability_bins(y, p)
-        used = bins[bins["n"] > 0]
-        ece = expected_calibration_error(y, p)
-        ax.plot(used["mean_probability"], used["fraction_positive"], marker="o",
-                label=f"{name} (ECE {ece:.3f}, Brier {brier_score(y, p):.3f})")
-        ax.scatter(used["mean_probability"], used["fraction_positive"],
-                   s=8 + 60 * used["n"] / max(int(used["n"].max()), 1), alpha=0.3)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_aspect("equal")
-    ax.set_xlabel(f"mean predicted probability ({N_BINS} equal-width bins)")
-    ax.set_ylabel("observed fraction positive")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=7)
+    fig = Figure(figsize=(4.4 * max(len(panels), 1), 4.6))
+    for k, (title, curves) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, max(len(panels), 1), k + 1)
+        ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="perfect calibration")
+        for name, (y, p) in curves.items():
+            bins = reliability_bins(y, p)
+            used = bins[bins["n"] > 0]
+            line = ax.plot(used["mean_probability"], used["fraction_positive"], marker=".",
+                           label=f"{name}: ECE {expected_calibration_error(y, p):.3f}, "
+                                 f"Brier {brier_score(y, p):.3f}")[0]
+            ax.scatter(used["mean_probability"], used["fraction_positive"], color=line.get_color(),
+                       s=10 + 90 * used["n"] / max(int(used["n"].max()), 1), alpha=0.35)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel(f"mean predicted probability ({N_BINS} equal-width bins)")
+        ax.set_ylabel("observed fraction positive")
+        ax.set_title(title, fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()

@@ -275,6 +275,8 @@ class DistillConfig:
     max_epochs: int = 100
     patience: int = 25
     clip: float = 5.0
+    # phase 3 counted in optimiser steps (train.phases.head_budget): with few steps the
+    # Xavier draw of the re-initialised layer decides the ranking; 0 (zero start) for small cohorts
     reinit_gain: float = 0.5
 
 
@@ -292,6 +294,9 @@ class TrainConfig:
     bootstrap: int = 1000
     ablate: tuple[str, ...] = ()  # no-pretrain | no-triplet | no-feature-kd | no-logit-kd | no-teacher
     pet_scale: float = 3.0  # PET SUVR / pet_scale → ~[0, 1], one global factor (never per slice)
+    # screening operating points chosen on validation (evaluation.operating_points)
+    rule_out_sensitivity: float = 0.90  # rule-out: highest threshold keeping sensitivity ≥ this
+    rule_in_specificity: float = 0.90  # rule-in: lowest threshold keeping specificity ≥ this
 
 
 @dataclass(frozen=True)

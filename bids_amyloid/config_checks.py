@@ -89,6 +89,9 @@ def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
     low, high = pp.slice_range
     if not 0 <= low < high <= 1:
         yield "preproc.slice_range", f"need 0 ≤ low < high ≤ 1, got {pp.slice_range}"
+    for key in ("rule_out_sensitivity", "rule_in_specificity"):
+        if not 0 < getattr(cfg.train, key) <= 1:
+            yield f"train.{key}", f"must be in (0, 1], got {getattr(cfg.train, key)!r}"
     if co.suvr_equation is not None and co.suvr_equation not in _choices("suvr_equation"):
         yield "cohort.suvr_equation", (f"unknown equation {co.suvr_equation!r}; choose from "
                                        f"{', '.join(_choices('suvr_equation'))}")

@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -285,4 +286,87 @@ def evaluation_table(predictions: pd.DataFrame, points: dict[str, dict[str, floa
                           group["participant_id"].astype(str).tolist(), chosen["tau"],
                           n_boot=n_boot, seed=seed, points=chosen, calibrated=calibrated)
         rows.append({"model": model, "split": split, **row})
+    return pd.DataFrame(rows)
+
+
+def validation_entries(labels: Sequence[float] | np.ndarray, logits: Sequence[float] | np.ndarray,
+                       tau: float, min_sensitivity: float, min_specificity: float,
+                       fitted_on: str = "validation") -> dict[str, Any]:
+    """What a student's model file records from its validation (or, under ``--cv``,
+    out-of-fold) predictions: the ``calibration`` (Platt scaling, fitted on the logits) and
+    the ``operating_points`` (:func:`operating_points` on the uncalibrated probabilities)."""
+    from bids_amyloid.calibration import fit_platt
+
+    z = np.asarray(logits, dtype=float).ravel()
+    y = np.asarray(labels, dtype=int).ravel()
+    probs = 1.0 / (1.0 + np.exp(-z))
+    points = operating_points(y, probs, tau, min_sensitivity, min_specificity)
+    rates = {name: screening_rates(y, probs > thr) for name, thr in points.items()
+             if np.isfinite(thr)}
+    return {"calibration": fit_platt(z, y).to_meta(fitted_on),
+            "operating_points": points,
+            "operating_constraints": {"rule_out_sensitivity": float(min_sensitivity),
+                                      "rule_in_specificity": float(min_specificity)},
+            "operating_point_rates": {"fitted_on": fitted_on, "n": int(y.size), **rates}}
+
+
+def recorded_points(meta: dict[str, Any], tau: float) -> dict[str, float]:
+    """A model file's operating points; a file from before they were recorded has 0.5 and
+    ``tau`` only (rule-out and rule-in are then absent)."""
+    points = {"0.5": 0.5, "tau": float(tau)}
+    stored = meta.get("operating_points")
+    if isinstance(stored, dict):
+        for name in ("rule_out", "rule_in"):
+            value = stored.get(name)
+            if isinstance(value, int | float):
+                points[name] = float(value)
+    return points
+
+
+def decisions(probs: Sequence[float] | np.ndarray, points: dict[str, float]
+              ) -> dict[str, pd.Series]:
+    """0/1 decision (positive if p > threshold) at each of :data:`OPERATING_POINTS`, as
+    nullable integers: missing (``n/a``) where the model file has no such point."""
+    p = np.asarray(probs, dtype=float).ravel()
+    out = {}
+    for name in OPERATING_POINTS:
+        thr = points.get(name, float("nan"))
+        values = [int(v > thr) if np.isfinite(thr) else None for v in p]
+        out[name] = pd.Series(values, dtype="Int64")
+    return out
+
+
+POINT_LABELS = {"0.5": "0.5 (fixed)", "tau": "τ (F1-max on validation)",
+                "rule_out": "rule-out (sensitivity constraint)",
+                "rule_in": "rule-in (specificity constraint)"}
+
+
+def operating_point_view(row: dict[str, Any] | pd.Series, calibrate: Any = None
+                         ) -> pd.DataFrame:
+    """The operating-point table of a report: one row per point of a ``metrics.tsv`` row,
+    each rate as ``value [low–high]``; ``calibrate`` (a probability map, e.g.
+    :meth:`bids_amyloid.calibration.PlattScaling.apply`) adds the threshold on the calibrated
+    scale."""
+    def cell(key: str, point: str) -> str:
+        value = row.get(f"{key}@{point}", float("nan"))
+        low = row.get(f"{key}@{point}_ci_low", float("nan"))
+        high = row.get(f"{key}@{point}_ci_high", float("nan"))
+        if not np.isfinite(value):
+            return "n/a"
+        ci = f" [{low:.2f}–{high:.2f}]" if np.isfinite(low) and np.isfinite(high) else ""
+        return f"{value:.2f}{ci}"
+
+    rows = []
+    for point in OPERATING_POINTS:
+        thr = row.get(f"threshold@{point}")
+        if thr is None:
+            continue
+        entry = {"operating point": POINT_LABELS[point], "threshold": thr}
+        if calibrate is not None:
+            entry["threshold (calibrated)"] = (float(calibrate([thr])[0]) if np.isfinite(thr)
+                                               else float("nan"))
+        entry.update({name.upper() if len(name) == 3 else name: cell(name, point)
+                      for name in SCREENING_NAMES})
+        entry["PET avoided"] = cell("pet_avoided", point) if point == "rule_out" else ""
+        rows.append(entry)
     return pd.DataFrame(rows)

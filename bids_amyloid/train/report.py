@@ -17,9 +17,15 @@ import numpy as np
 import pandas as pd
 
 from bids_amyloid import __version__
+from bids_amyloid.calibration import PlattScaling, reliability_figure
 from bids_amyloid.config import AppConfig, dump_config
 from bids_amyloid.derivatives import GroupRun
-from bids_amyloid.evaluation import evaluation_table
+from bids_amyloid.evaluation import (
+    OPERATING_POINTS,
+    decisions,
+    evaluation_table,
+    operating_point_view,
+)
 from bids_amyloid.io import atomic_path, write_text, write_tsv
 from bids_amyloid.pages import html_page, png_img
 from bids_amyloid.train.data import SliceCacheDataset
@@ -28,10 +34,19 @@ LOG = logging.getLogger(__name__)
 
 
 def prediction_frame(dataset: SliceCacheDataset, out: dict[str, np.ndarray], model: str,
-                     split: str, tau: float) -> pd.DataFrame:
-    """Per-sample predictions of one model on one split."""
+                     split: str, tau: float, points: dict[str, float] | None = None,
+                     calibration: PlattScaling | None = None) -> pd.DataFrame:
+    """Per-sample predictions of one model on one split.
+
+    ``probability`` is the model's output; ``probability_calibrated`` the same
+    after the model file's calibration (``n/a`` without one); ``positive@P``
+    the decision at each operating point (thresholds on ``probability``;
+    ``n/a`` where the file records no such point).
+    """
     rows = dataset.rows.iloc[out["index"].astype(int)].reset_index(drop=True)
-    probs = 1.0 / (1.0 + np.exp(-out["logit"].astype(float)))
+    logits = out["logit"].astype(float)
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    chosen = points if points is not None else {"0.5": 0.5, "tau": float(tau)}
     frame = pd.DataFrame({
         "model": model, "split": split,
         "participant_id": rows["participant_id"].astype(str),
@@ -41,8 +56,9 @@ def prediction_frame(dataset: SliceCacheDataset, out: dict[str, np.ndarray], mod
         "centiloid": pd.to_numeric(rows["centiloid"], errors="coerce"),
         "label": rows["label"].astype(int),
         "probability": probs,
-        "positive@0.5": (probs > 0.5).astype(int),
-        "positive@tau": (probs > tau).astype(int),
+        "probability_calibrated": (calibration.apply_logits(logits) if calibration is not None
+                                   else np.full(probs.size, np.nan)),
+        **{f"positive@{name}": column for name, column in decisions(probs, chosen).items()},
         "threshold_tau": tau,
     })
     return frame
@@ -180,9 +196,53 @@ def metrics_view(metrics: pd.DataFrame) -> pd.DataFrame:
                            zip(metrics["auc"], metrics["auc_ci_low"], metrics["auc_ci_high"],
                                strict=True)]
     for col in ("f1@0.5", "accuracy@0.5", "threshold", "f1@tau", "accuracy@tau",
-                "sensitivity@tau", "specificity@tau", "npv@tau"):
+                "sensitivity@tau", "specificity@tau", "npv@tau", "brier_raw", "brier_calibrated",
+                "ece_raw", "ece_calibrated"):
         out[col] = metrics[col]
     return out
+
+
+def _normalise_points(taus: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per model, its operating points; a bare τ stands for ``{0.5, τ}``."""
+    return {str(model): dict(value) if isinstance(value, dict)
+            else {"0.5": 0.5, "tau": float(value)} for model, value in taus.items()}
+
+
+def calibration_split(predictions: pd.DataFrame) -> str:
+    """The split the calibration figures and operating-point tables use: test, else val."""
+    return "test" if (predictions["split"] == "test").any() else "val"
+
+
+def reliability_test_figure(predictions: pd.DataFrame) -> bytes | None:
+    """Reliability diagram of each calibrated model on the test split, before and after."""
+    split = calibration_split(predictions)
+    subset = predictions[predictions["split"] == split]
+    panels = {}
+    for model, group in subset.groupby("model", sort=False):
+        calibrated = group["probability_calibrated"].to_numpy(float) \
+            if "probability_calibrated" in group else np.array([np.nan])
+        if not np.isfinite(calibrated).all():
+            continue
+        y = group["label"].to_numpy(int)
+        panels[f"{model}: {split}"] = {"before": (y, group["probability"].to_numpy(float)),
+                                       "after": (y, calibrated)}
+    return reliability_figure(panels) if panels else None
+
+
+def operating_point_tables(metrics: pd.DataFrame, split: str,
+                           calibrations: dict[str, PlattScaling | None]) -> str:
+    """HTML: per model, its operating points on ``split`` (rates with subject-bootstrap CIs)."""
+    parts = []
+    for row in metrics[metrics["split"] == split].to_dict("records"):
+        if not any(f"threshold@{p}" in row and np.isfinite(row[f"threshold@{p}"])
+                   for p in OPERATING_POINTS[2:]):
+            continue
+        calibration = calibrations.get(str(row["model"]))
+        view = operating_point_view(row, calibration.apply if calibration else None)
+        parts.append(f"<h3><code>{html.escape(str(row['model']))}</code> on {split} "
+                     f"(n = {int(row['n'])}, {int(row['n_positive'])} positive)</h3>"
+                     + _table(view))
+    return "".join(parts) or "<p><em>no model records rule-out/rule-in points</em></p>"
 
 
 CSS = """
@@ -203,31 +263,59 @@ optimistic; test is the honest estimate. Two students are kept: best validation 
 (<code>student_*.pt</code>) and best validation teacher–student cosine
 (<code>*_best-cosine.pt</code>).</p>
 {metrics}
+<h2>Calibration</h2>
+<p class="note">The model's probabilities are recalibrated by Platt scaling
+(<code>sigmoid(a·logit + b)</code>, fitted on validation, stored in the model file), which is
+needed because training draws classes at equal rates. The diagram bins the {split} predictions
+into 10 equal-width probability bins and plots the observed fraction positive against the mean
+predicted probability: on the diagonal, a probability of 0.3 means 3 in 10 are positive.
+ECE is the count-weighted mean distance to the diagonal; Brier is the mean squared error of
+the probability (lower is better for both). Calibration never changes the ranking, so AUC and
+every decision below are the same before and after.</p>{reliability}
+<h2>Operating points</h2>
+<p class="note">Thresholds chosen on validation (on the model's probability; the calibrated
+equivalent alongside): 0.5; τ (F1-max); <b>rule-out</b>, the highest threshold keeping
+validation sensitivity ≥ {rule_out:.2f} — a session below it would skip amyloid PET, and
+<i>PET avoided</i> is the fraction of sessions below it, NPV the chance such a session is truly
+negative; <b>rule-in</b>, the lowest threshold keeping validation specificity ≥ {rule_in:.2f}.
+Rates on {split} with 95 % subject-bootstrap CIs; on small test sets the CIs are wide.</p>
+{operating_points}
 <h2>ROC curves</h2>{roc_test}{roc_epochs}
 <h2>Training</h2>{curves}
 <h2>Configuration</h2><details><summary>config.toml</summary><pre>{config}</pre></details>"""
 
 
 def write_outputs(files: GroupRun, cfg: AppConfig, cohort: pd.DataFrame,
-                  predictions: pd.DataFrame, taus: dict[str, float],
-                  history_paths: dict[str, Path], notes: list[str] | None = None) -> pd.DataFrame:
-    """Write predictions, metrics, figures and the HTML report; return the metrics table."""
+                  predictions: pd.DataFrame, taus: dict[str, Any],
+                  history_paths: dict[str, Path], notes: list[str] | None = None,
+                  calibrations: dict[str, PlattScaling | None] | None = None) -> pd.DataFrame:
+    """Write predictions, metrics, figures and the HTML report; return the metrics table.
+
+    ``taus``: per model its operating points (or a bare τ); ``calibrations``: per model the
+    model file's calibration, for the thresholds' calibrated equivalents.
+    """
     write_tsv(files.predictions, predictions)
-    metrics = evaluation_table(predictions, taus, n_boot=cfg.train.bootstrap, seed=cfg.train.seed)
+    metrics = evaluation_table(predictions, _normalise_points(taus), n_boot=cfg.train.bootstrap,
+                               seed=cfg.train.seed)
     write_tsv(files.metrics, metrics)
     histories = load_histories(history_paths)
     figures = {"roc_epochs": roc_epochs_figure(histories),
                "roc_test": roc_test_figure(predictions),
+               "reliability": reliability_test_figure(predictions),
                "training_curves": curves_figure(histories)}
     for name, data in figures.items():
         if data is not None:
             _write_png(files.figure(name), data)
     name = files.folder.name
+    split = calibration_split(predictions)
     body = BODY.format(
         name=html.escape(name), version=__version__,
         notes="".join(f"<li>{html.escape(n)}</li>" for n in notes or []),
         cohort=_table(cohort_summary(cohort)), n_boot=cfg.train.bootstrap,
-        metrics=_table(metrics_view(metrics)),
+        metrics=_table(metrics_view(metrics)), split=split,
+        reliability=_img(figures["reliability"], f"reliability diagram, {split}"),
+        rule_out=cfg.train.rule_out_sensitivity, rule_in=cfg.train.rule_in_specificity,
+        operating_points=operating_point_tables(metrics, split, calibrations or {}),
         roc_test=_img(figures["roc_test"], "ROC of the final models"),
         roc_epochs=_img(figures["roc_epochs"], "validation ROC, first vs last epoch"),
         curves=_img(figures["training_curves"], "training curves"),
