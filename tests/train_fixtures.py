@@ -120,3 +120,17 @@ def synthetic_run(out: Path, n_subjects: int = 15, contrasts: tuple[str, ...] = 
 def write_small_config(path: Path, extra: str = "") -> Path:
     path.write_text(SMALL_TOML + extra)
     return path
+
+
+def shuffle_labels(cohort: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """A label-shuffled control: ``centiloid`` and ``label`` permuted together across the
+    rows of each split (images, sessions and splits unchanged), so that no image carries
+    information about its label."""
+    rng = np.random.default_rng(seed)
+    out = cohort.copy()
+    for split in out["split"].unique():
+        rows = np.flatnonzero((out["split"] == split).to_numpy())
+        perm = rng.permutation(rows)
+        for column in ("centiloid", "label"):
+            out.iloc[rows, out.columns.get_loc(column)] = cohort[column].to_numpy()[perm]
+    return out

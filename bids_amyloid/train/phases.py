@@ -23,6 +23,7 @@ would win and early stopping would end the phase while the ranking improves).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -392,6 +393,42 @@ class ContrastivePhase(_Phase):
                 **{f"negatives_{k}": float(v) for k, v in sorted(mined.items())}}
 
 
+def head_budget(cfg: AppConfig, n_train: int) -> tuple[int, float, float]:
+    """Phase 3 counted in optimiser steps, against the re-initialised classifier layer.
+
+    Returns ``(steps, reach, bound)``: the most optimiser steps the phase makes
+    (``max_epochs × ⌈⌈n_train / batch⌉ / accumulation⌉``), the most Adam can move one
+    weight in them (about ``lr_heads`` per step, so ``steps × lr_heads``), and the
+    range ``±bound`` of that layer's Xavier re-initialisation (``reinit_gain ·
+    √(6 / (cls_hidden + 1))``). When ``reach < bound`` the random initial direction
+    of the layer, not the labels, decides how the student ranks subjects.
+
+    >>> from bids_amyloid.config import AppConfig
+    >>> steps, reach, bound = head_budget(AppConfig(), 60)   # 10 × 3 per step, 100 epochs
+    >>> steps, round(reach, 4), round(bound, 4)
+    (200, 0.02, 0.1519)
+    """
+    d = cfg.distill
+    steps = d.max_epochs * math.ceil(math.ceil(n_train / d.batch_size) / d.accumulation)
+    bound = d.reinit_gain * math.sqrt(6.0 / (cfg.model.cls_hidden + 1))
+    return steps, steps * d.lr_heads, bound
+
+
+def warn_head_budget(cfg: AppConfig, n_train: int) -> None:
+    """Log a warning when phase 3 cannot turn its re-initialised classifier layer."""
+    steps, reach, bound = head_budget(cfg, n_train)
+    if reach < bound:
+        LOG.warning(
+            "phase 3 makes at most %d optimiser steps (%d training pairs, batch %d × "
+            "accumulation %d, %d epochs): at lr %.1e Adam moves a weight of the re-initialised "
+            "classifier layer by at most %.3g, less than its random initial range ±%.3g, so that "
+            "draw rather than the labels decides the student's ranking. For a small cohort set "
+            "[distill] reinit_gain = 0 (the layer starts at zero and takes its direction from "
+            "the labels) and accumulation = 1, or train longer", steps, n_train,
+            cfg.distill.batch_size, cfg.distill.accumulation, cfg.distill.max_epochs,
+            cfg.distill.lr_heads, reach, bound)
+
+
 class DistillPhase(_Phase):
     """Phase 3 — distillation of the frozen teacher into the MRI-only student."""
 
@@ -410,6 +447,7 @@ class DistillPhase(_Phase):
         self.use_logit = "no-logit-kd" not in ablate and teacher is not None
         if teacher is None:             # --ablate no-teacher: no teacher-student cosine to select
             self.name, self.selections = "no-teacher", ("f1@tau",)
+        warn_head_budget(ctx.cfg, len(ctx.train))
         self._teacher_val: np.ndarray | None = None
 
     def make_optimizer(self) -> torch.optim.Optimizer:
