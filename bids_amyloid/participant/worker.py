@@ -166,16 +166,15 @@ def _mri_unit(job: SessionJob, ctx: RunContext, steps: Steps, work: Path) -> dic
 
 def committed_t1w(out: Path, job: SessionJob) -> Any:
     """The session's T1w result rebuilt from OUT: what a PET unit needs of it."""
-    import nibabel as nib
-
     from bids_amyloid.preproc.mri import MRIResult
     from bids_amyloid.preproc.register import read_itk_transform
+    from bids_amyloid.preproc.template import load_nifti
 
-    brain, mask = (nib.load(p) for p in native_t1w_paths(out, job.sub, job.ses))
+    brain, mask = (load_nifti(p) for p in native_t1w_paths(out, job.sub, job.ses))
     xfm = drv.mri_xfm_path(out, job.sub, job.ses, PET_CONTRAST)
     return MRIResult(contrast=PET_CONTRAST,
-                     mni_image=nib.load(drv.mri_preproc_path(out, job.sub, job.ses, PET_CONTRAST)),
-                     mni_mask=nib.load(drv.brain_mask_path(out, job.sub, job.ses)),
+                     mni_image=load_nifti(drv.mri_preproc_path(out, job.sub, job.ses, PET_CONTRAST)),
+                     mni_mask=load_nifti(drv.brain_mask_path(out, job.sub, job.ses)),
                      native_image=brain, native_mask=mask, native_brain=brain,
                      transform_file=xfm, to_template=read_itk_transform(xfm))
 
