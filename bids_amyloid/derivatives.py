@@ -272,6 +272,25 @@ def student_file(contrasts: tuple[str, ...], selection: str = "") -> str:
 
 
 @dataclass(frozen=True)
+class CheckpointFolder:
+    """The checkpoints of one training phase, ``checkpoints/<phase>/``.
+
+    >>> CheckpointFolder(Path("ck")).best("f1@tau").as_posix()
+    'ck/best_f1@tau.pt'
+    """
+
+    folder: Path
+
+    last = property(lambda self: self.folder / "last.pt")            # resume point
+    history = property(lambda self: self.folder / "history.json")    # per-epoch rows
+    done = property(lambda self: self.folder / "done.json")          # written when finished
+
+    def best(self, key: str) -> Path:
+        """The weights of the best epoch by validation ``key``."""
+        return self.folder / f"best_{key}.pt"
+
+
+@dataclass(frozen=True)
 class GroupRun:
     """The files of one group run, ``OUT/group/<run-name>/``.
 
@@ -302,7 +321,7 @@ class GroupRun:
         return self.folder / student_file(contrasts, selection)
 
     def checkpoints(self, phase: str) -> Path:
-        """``checkpoints/<phase>/``: ``last.pt``, ``best_<key>.pt``, ``history.json``."""
+        """``checkpoints/<phase>/``: the files of :class:`CheckpointFolder`."""
         return self.folder / "checkpoints" / phase
 
     def figure(self, name: str) -> Path:

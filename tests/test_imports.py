@@ -59,7 +59,7 @@ def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 
 def test_the_graph_sees_known_edges() -> None:
     graph = import_graph()
-    assert "bids_amyloid.evaluation" in graph["bids_amyloid.train.run"]
+    assert "bids_amyloid.evaluation" in graph["bids_amyloid.train.stages"]
     assert "bids_amyloid.predict.saliency" in graph["bids_amyloid.predict.run"]  # in a function
 
 

@@ -290,16 +290,16 @@ def test_a_model_file_naming_only_training_subjects(caplog: pytest.LogCaptureFix
 
 
 def test_group_run_records_every_split_in_the_model_file() -> None:
-    """train/run.py's model metadata names the train, val and test subjects."""
+    """train/stages.py's model metadata names the train, val and test subjects."""
     from types import SimpleNamespace
 
     from bids_amyloid.predict.model import cohort_splits
-    from bids_amyloid.train.run import _meta
+    from bids_amyloid.train.stages import model_meta
 
     data = {split: SimpleNamespace(subjects=subjects) for split, subjects in
             (("train", ["sub-01", "sub-02", "sub-01"]), ("val", ["sub-03"]), ("test", ["sub-04"]))}
     run = SimpleNamespace(data=data, opts=SimpleNamespace(run_name="r"))
-    meta = _meta(run, "student", ("T1w",), 0.4)  # type: ignore[arg-type]
+    meta = model_meta(run, "student", ("T1w",), 0.4)  # type: ignore[arg-type]
     assert meta["training_participants"] == ["sub-01", "sub-02"]
     assert meta["validation_participants"] == ["sub-03"]
     assert meta["test_participants"] == ["sub-04"]

@@ -10,6 +10,7 @@ import torch
 from train_fixtures import CANDIDATES, synthetic_run
 
 from bids_amyloid.config import AugmentConfig, ContrastiveConfig, DistillConfig, PretrainConfig
+from bids_amyloid.evaluation import auc_with_ci, best_threshold, binary_metrics
 from bids_amyloid.train import losses, schedules
 from bids_amyloid.train.augment import augment_sample_images, augment_stack
 from bids_amyloid.train.data import (
@@ -19,7 +20,6 @@ from bids_amyloid.train.data import (
     class_weights,
     even_positions,
 )
-from bids_amyloid.train.metrics import auc_with_ci, best_threshold, binary_metrics
 from bids_amyloid.train.mining import ANY, FARTHEST, GAP, NegativePool
 
 
@@ -311,8 +311,9 @@ def test_selection_tie_break():
 
 def test_plan_and_teacher_settings_checks(tmp_path):
     from bids_amyloid.config import AppConfig
+    from bids_amyloid.derivatives import student_file
     from bids_amyloid.errors import UsageError
-    from bids_amyloid.train.run import _check_teacher_config, plan_phases, student_file
+    from bids_amyloid.train.plan import check_teacher_config, plan_phases
 
     assert plan_phases("all", (), False) == ["pretrain", "contrastive", "distill"]
     assert plan_phases("all", ("no-triplet",), False) == ["pretrain", "distill"]
@@ -328,9 +329,9 @@ def test_plan_and_teacher_settings_checks(tmp_path):
         with pytest.raises(UsageError, match="no-teacher"):
             plan_phases(stage, ("no-teacher",), teacher)
     cfg = AppConfig()
-    _check_teacher_config(tmp_path, {"model": {"backbone": "biomedclip", "image_size": 224}}, cfg)
+    check_teacher_config(tmp_path, {"model": {"backbone": "biomedclip", "image_size": 224}}, cfg)
     with pytest.raises(UsageError, match="image_size"):
-        _check_teacher_config(tmp_path, {"model": {"image_size": 32}}, cfg)
+        check_teacher_config(tmp_path, {"model": {"image_size": 32}}, cfg)
 
 
 def test_distill_net_keeps_teacher_frozen_in_eval_mode():

@@ -12,7 +12,7 @@ from bids_amyloid.errors import UsageError
 
 LOG = logging.getLogger(__name__)
 
-# meta key of each split's participants, as train/run.py records them
+# meta key of each split's participants, as train/stages.py records them
 SPLIT_KEYS = {"train": "training_participants", "val": "validation_participants",
               "test": "test_participants"}
 # subjects that chose the weights, the epochs, the checkpoints or τ: their predictions are

@@ -113,7 +113,7 @@ def oracle_scores(bids_dir: Path, sessions: Iterable[tuple[str, str]]) -> np.nda
 def oracle_auc(bids_dir: Path, sessions: Sequence[tuple[str, str]],
                labels: Sequence[int] | np.ndarray) -> float:
     """AUC of the oracle scores of MRI ``sessions`` against ``labels`` (NaN with one class)."""
-    from bids_amyloid.train.metrics import auc
+    from bids_amyloid.evaluation import auc
 
     y = np.asarray(labels)
     if len(y) != len(sessions):

@@ -34,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from bids_amyloid.io import atomic_path, write_json, write_text
+from bids_amyloid.derivatives import CheckpointFolder
+from bids_amyloid.io import atomic_path, write_json, write_text, write_tsv
 
 LOG = logging.getLogger(__name__)
 # "no-teacher" (phase 3 without a teacher) draws the same batches and augmentations as "distill"
@@ -187,9 +188,7 @@ class TrainingLog:
         columns = ["phase", "epoch"]
         for r in flat:
             columns.extend(k for k in r if k not in columns)
-        frame = pd.DataFrame(flat, columns=columns)
-        with atomic_path(self.path) as tmp:
-            frame.to_csv(tmp, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        write_tsv(self.path, pd.DataFrame(flat, columns=columns))
 
 
 def _groups(n_batches: int, accumulation: int) -> list[int]:
@@ -238,6 +237,7 @@ class Trainer:
                  ) -> None:
         self.task, self.loader, self.s = task, loader, settings
         self.ckpt_dir, self.log, self.on_epoch = ckpt_dir, log, on_epoch
+        self.files = CheckpointFolder(ckpt_dir)
         self.optimizer = task.make_optimizer()
         self.scheduler = task.make_scheduler(self.optimizer)
         self.dtype = autocast_dtype(settings.device, settings.amp)
@@ -255,7 +255,7 @@ class Trainer:
     def _save_last(self, epoch: int) -> None:
         if not self.writer:
             return
-        save_checkpoint(self.ckpt_dir / "last.pt", {
+        save_checkpoint(self.files.last, {
             "phase": self.task.name, "epoch": epoch, "model": trainable_state(self.task.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
@@ -264,11 +264,11 @@ class Trainer:
             "best_tie": dict(self.result.best_tie),
             "bad_epochs": self.bad_epochs, "history": self.result.history,
         })
-        write_text(self.ckpt_dir / "history.json", json.dumps(self.result.history, indent=1))
+        write_text(self.files.history, json.dumps(self.result.history, indent=1))
 
     def resume(self) -> bool:
         """Continue from ``last.pt`` if there is one; True if it was loaded."""
-        path = self.ckpt_dir / "last.pt"
+        path = self.files.last
         if not path.is_file():
             return False
         ck = load_checkpoint(path)
@@ -376,7 +376,7 @@ class Trainer:
                 self.result.best_tie[key] = tie
                 self.result.best_epoch[key] = epoch
                 if self.writer:
-                    save_checkpoint(self.ckpt_dir / f"best_{key}.pt",
+                    save_checkpoint(self.files.best(key),
                                     {"epoch": epoch, "score": score,
                                      "model": trainable_state(self.task.model)})
                 if i == 0:
@@ -422,7 +422,7 @@ class Trainer:
                 self.result.stopped_early = True
                 break
         if self.writer:
-            write_json(self.ckpt_dir / "done.json", {
+            write_json(self.files.done, {
                 "phase": task.name, "epochs": len(self.result.history),
                 "best_score": self.result.best_score, "best_epoch": self.result.best_epoch,
                 "stopped_early": self.result.stopped_early})
@@ -434,7 +434,7 @@ class Trainer:
 
 def load_best(model: nn.Module, ckpt_dir: Path, key: str) -> int:
     """Load ``best_<key>.pt`` into ``model``; return its epoch."""
-    path = ckpt_dir / f"best_{key}.pt"
+    path = CheckpointFolder(ckpt_dir).best(key)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no best checkpoint (did the phase run any epoch?)")
     ck = load_checkpoint(path)

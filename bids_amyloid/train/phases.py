@@ -36,11 +36,11 @@ from torch.utils.data import DataLoader
 
 from bids_amyloid.config import AppConfig
 from bids_amyloid.errors import InputMissingError
+from bids_amyloid.evaluation import auc, best_threshold, binary_metrics
 from bids_amyloid.train import losses, schedules
 from bids_amyloid.train.augment import augment_sample_images
 from bids_amyloid.train.data import SliceCacheDataset
 from bids_amyloid.train.loop import EpochRNG, full_precision
-from bids_amyloid.train.metrics import auc, best_threshold, binary_metrics
 from bids_amyloid.train.mining import NegativePool
 
 if TYPE_CHECKING:
