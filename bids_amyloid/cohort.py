@@ -4,8 +4,9 @@ Rules (every value a :class:`bids_amyloid.config.CohortConfig` field):
 
 - one sample = one (MRI session, PET scan) pair: each amyloid PET scan is paired
   with the same subject's closest MRI session within ``pair_window_days``
-  (365: 365 days apart is in, 366 out) that has every requested contrast;
-  all timepoints and tracers are kept;
+  (365: 365 days apart is in, 366 out) that has the T1w and every requested
+  contrast (:func:`bids_amyloid.bids.pair_scans`, the pairing the participant
+  level registered the PET through); all timepoints and tracers are kept;
 - label = Centiloid > threshold (strict; ``tracer_thresholds`` per tracer,
   else ``centiloid_threshold``);
 - split: ``StratifiedGroupKFold(n_folds, shuffle=True, random_state=split_seed)``
@@ -45,7 +46,8 @@ from bids_amyloid.bids import (
     collect_inventory,
     date_kind,
     days_apart,
-    pair_pet_with_mri,
+    pair_scans,
+    pairing_contrasts,
 )
 from bids_amyloid.config import MRI_CONTRASTS, AppConfig, CohortConfig
 from bids_amyloid.derivatives import GroupRun, session_label
@@ -189,19 +191,19 @@ def check_cohort_config(ccfg: CohortConfig) -> None:
         threshold_for(tracer, ccfg)
 
 
-def build_cohort(inv: Inventory, cfg: AppConfig, contrasts: tuple[str, ...] | None = None
+def build_cohort(inv: Inventory, cfg: AppConfig, extra_contrasts: tuple[str, ...] = ()
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cohort, excluded)`` data frames from an inventory.
 
-    ``contrasts`` defaults to ``cfg.cohort.contrasts``; pass the union of student
-    and teacher contrasts for a modality-consistent cohort.
+    A pair's MRI session has the T1w, ``cfg.cohort.contrasts`` and
+    ``extra_contrasts`` (the teacher's): a modality-consistent cohort.
     """
     ccfg = cfg.cohort
-    contrasts = required_contrasts(contrasts or ccfg.contrasts)
+    required_contrasts(ccfg.contrasts, extra_contrasts)
     check_cohort_config(ccfg)
     rows: list[dict[str, object]] = []
     excluded: list[dict[str, object]] = []
-    for pet, mri, reason in pair_pet_with_mri(inv, contrasts, ccfg.pair_window_days):
+    for pet, mri, reason in pair_scans(inv, ccfg, extra_contrasts):
         if mri is None or pet.centiloid is None:
             reasons = [reason] if mri is None else []
             if pet.centiloid is None:
@@ -358,11 +360,12 @@ def make_cohort(opts: RunOptions, cfg: AppConfig) -> tuple[pd.DataFrame, pd.Data
     contrasts = required_contrasts(cfg.cohort.contrasts, opts.teacher_contrasts)
     check_cohort_config(cfg.cohort)
     inv = collect_inventory(opts, cfg)
-    cohort, excluded = build_cohort(inv, cfg, contrasts)
+    cohort, excluded = build_cohort(inv, cfg, opts.teacher_contrasts)
     files = GroupRun.of(opts.output_dir, opts.run_name)
     meta = {
         "Description": "MRI-PET pairs, labels and subject-level split (bids-amyloid)",
         "Contrasts": list(contrasts),
+        "PairingContrasts": list(pairing_contrasts(contrasts)),
         "PairWindowDays": cfg.cohort.pair_window_days,
         "CentiloidThreshold": cfg.cohort.centiloid_threshold,
         "TracerThresholds": {t: threshold_for(t, cfg.cohort)

@@ -107,6 +107,54 @@ def test_clinica_oasis3_layout(tmp_path):
     assert pairs[("OAS30002", "d0700")][1].startswith("missing_contrast")
 
 
+def _selected(inv):
+    return ({(m.sub, m.ses) for m in inv.mri}, {(p.sub, p.ses) for p in inv.pet})
+
+
+def test_session_label_keeps_pet_and_mri_of_other_sessions_together(tmp_path, caplog):
+    """OASIS-3 layout: MR at ses-d0129, its PiB at ses-d0150 (21 days). Selecting either
+    session selects both; a selected PET with no MRI in the window comes alone."""
+    root = tmp_path / "oasis"
+    clinica_oasis3_dataset(root)
+    caplog.set_level("INFO", logger="bids_amyloid")
+    mri_only = collect_inventory(options(root, tmp_path, session_labels=("d0129",)), config())
+    assert _selected(mri_only) == ({("OAS30001", "d0129")}, {("OAS30001", "d0150")})
+    assert "PIB PET added: paired with the selected MRI ses-d0129 (21 days apart)" in caplog.text
+    caplog.clear()
+    pet_only = collect_inventory(options(root, tmp_path, session_labels=("d1000",)), config())
+    assert _selected(pet_only) == ({("OAS30001", "d0757")}, {("OAS30001", "d1000")})
+    assert "MRI sub-OAS30001 ses-d0757 added: the selected sub-OAS30001 ses-d1000 AV45 PET is " \
+           "paired with it (243 days apart)" in caplog.text
+    caplog.clear()
+    alone = collect_inventory(options(root, tmp_path, session_labels=("d0700",)), config())
+    assert _selected(alone) == (set(), {("OAS30002", "d0700")})
+    assert "pairs with no MRI session (no_mri_within_window" in caplog.text
+    # the rule pairs with the run's contrasts: with T1w+T2w the AV45 at d1000 has no partner
+    multi = collect_inventory(options(root, tmp_path, session_labels=("d1000",)),
+                              config(contrasts=["T1w", "T2w"]))
+    assert _selected(multi) == (set(), {("OAS30001", "d1000")})
+    # MRI sessions of other labels are not pulled in by a selected MRI session
+    both = collect_inventory(options(root, tmp_path, session_labels=("d0757", "d0000")), config())
+    assert _selected(both) == ({("OAS30001", "d0757"), ("OAS30002", "d0000")},
+                               {("OAS30001", "d1000")})
+
+
+def test_session_label_counts_centiloid_over_the_whole_subject(tmp_path):
+    """participants.tsv holds one value per subject: it must not be given to one of a
+    subject's two PET scans because --session-label selected only that one."""
+    b = BidsBuilder(tmp_path / "bids")
+    b.anat("01", "m", "T1w")
+    b.pet("01", "p", "AV45")
+    b.pet("01", "q", "AV45")
+    b.sessions("01", [{"session_id": f"ses-{s}", "acq_time": f"2020-0{k}-01T10:00:00"}
+                      for k, s in enumerate(("m", "p", "q"), 1)])
+    b.participants([{"participant_id": "sub-01", "centiloid": 40.0}])
+    inv = collect_inventory(options(b.root, tmp_path, session_labels=("p",)), config())
+    (scan,) = inv.pet
+    assert scan.ses == "p" and scan.centiloid is None
+    assert scan.centiloid_note.startswith("centiloid_missing")
+
+
 def test_simulator_layout_is_read(tmp_path):
     """The OASIS-like layout of bids_amyloid.simulate (ses-dNNNN + acq_time + centiloid)."""
     pytest.importorskip("bids_amyloid.simulate")

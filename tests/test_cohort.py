@@ -66,7 +66,7 @@ def filler(n: int = 10, start: int = 80) -> tuple[list[MRISession], list[PETScan
             [pet(s, "p", 10, cl=5.0 if i % 2 else 60.0) for i, s in enumerate(subs)])
 
 
-def cohort_of(mris, pets, skipped=(), cfg=None, contrasts=None):
+def cohort_of(mris, pets, skipped=(), cfg=None, contrasts=()):
     fm, fp = filler()
     inv = Inventory(tuple(mris) + tuple(fm), tuple(pets) + tuple(fp), tuple(skipped))
     return build_cohort(inv, cfg or AppConfig(), contrasts)

@@ -31,14 +31,23 @@ Problems with one scan never stop the run: they are recorded as
 Modules: :mod:`.records` (what is returned), :mod:`.tables` (TSV cells and
 dates), :mod:`.centiloid_columns`, :mod:`.validation` (bids-validator),
 :mod:`.layout` (pybids queries), :mod:`.inventory` (:func:`collect_inventory`),
-:mod:`.pairing` (PET ↔ MRI session). The names other modules use are
+:mod:`.pairing` (PET ↔ MRI session, the one pairing of every level, and what
+``--session-label`` selects). The names other modules use are
 re-exported here: ``from bids_amyloid.bids import collect_inventory``.
 """
 
 from bids_amyloid.bids.centiloid_columns import CENTILOID_COLUMNS, CentiloidSource, read_centiloid
 from bids_amyloid.bids.inventory import collect_inventory, pet_tracer
 from bids_amyloid.bids.layout import build_layout, check_filters, name_entities, sidecar_metadata
-from bids_amyloid.bids.pairing import days_apart, pair_one, pair_pet_with_mri
+from bids_amyloid.bids.pairing import (
+    PET_CONTRAST,
+    days_apart,
+    pair_one,
+    pair_pet_with_mri,
+    pair_scans,
+    pairing_contrasts,
+    select_sessions,
+)
 from bids_amyloid.bids.records import Inventory, MRISession, PETScan, SkippedScan
 from bids_amyloid.bids.tables import (
     DAY_OFFSET_EPOCH,
@@ -51,9 +60,10 @@ from bids_amyloid.bids.tables import (
 from bids_amyloid.bids.validation import validate_bids, validator_executable
 
 __all__ = [
-    "CENTILOID_COLUMNS", "DAY_OFFSET_EPOCH", "DAY_OFFSET_SOURCE", "CentiloidSource",
-    "Inventory", "MRISession", "PETScan", "SkippedScan", "build_layout", "check_filters",
-    "collect_inventory", "date_kind", "day_offset", "days_apart", "name_entities",
-    "pair_one", "pair_pet_with_mri", "parse_date", "pet_tracer", "read_centiloid", "read_tsv",
+    "CENTILOID_COLUMNS", "DAY_OFFSET_EPOCH", "DAY_OFFSET_SOURCE", "PET_CONTRAST",
+    "CentiloidSource", "Inventory", "MRISession", "PETScan", "SkippedScan", "build_layout",
+    "check_filters", "collect_inventory", "date_kind", "day_offset", "days_apart",
+    "name_entities", "pair_one", "pair_pet_with_mri", "pair_scans", "pairing_contrasts",
+    "parse_date", "pet_tracer", "read_centiloid", "read_tsv", "select_sessions",
     "sidecar_metadata", "validate_bids", "validator_executable",
 ]

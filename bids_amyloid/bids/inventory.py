@@ -23,6 +23,7 @@ from bids_amyloid.bids.layout import (
     query_files,
     sidecar_metadata,
 )
+from bids_amyloid.bids.pairing import select_sessions
 from bids_amyloid.bids.records import Inventory, MRISession, PETScan, SkippedScan
 from bids_amyloid.bids.tables import Tables, resolve_date
 from bids_amyloid.bids.validation import validate_bids
@@ -162,11 +163,28 @@ def collect_inventory(opts: RunOptions, cfg: AppConfig) -> Inventory:
     if source.column and pet and not tables.has_column(source.column):
         raise UsageError(f"--centiloid-column {source.column!r}: no such column in "
                          f"participants.tsv or any sessions.tsv/scans.tsv of {bids_dir}")
-    if not mri and not pet:
+    inv = Inventory(tuple(mri), tuple(pet), tuple(skipped))
+    if opts.session_labels:
+        inv = _select_sessions(inv, opts, cfg)
+    if not inv.mri and not inv.pet:
         raise NothingSelectedError(f"nothing selected in {bids_dir}: no MRI "
                                    f"({', '.join(MRI_CONTRASTS)}) or amyloid PET matches the "
                                    "participant/session labels and filters")
-    _check_labels(opts, {m.sub for m in mri} | {p.sub for p in pet})
+    _check_labels(opts, {m.sub for m in inv.mri} | {p.sub for p in inv.pet})
     LOG.info("found %d MRI sessions and %d amyloid PET scans of %d subjects (%d PET skipped)",
-             len(mri), len(pet), len({m.sub for m in mri} | {p.sub for p in pet}), len(skipped))
-    return Inventory(tuple(mri), tuple(pet), tuple(skipped))
+             len(inv.mri), len(inv.pet), len({m.sub for m in inv.mri} | {p.sub for p in inv.pet}),
+             len(inv.skipped))
+    return inv
+
+
+def _select_sessions(inv: Inventory, opts: RunOptions, cfg: AppConfig) -> Inventory:
+    """``--session-label``: the labelled sessions and their pairing partners (logged)."""
+    present = {m.ses for m in inv.mri} | {p.ses for p in inv.pet} | {s.ses for s in inv.skipped}
+    absent = [label for label in opts.session_labels if label not in present]
+    if absent:
+        LOG.warning("--session-label: no MRI or amyloid PET in session(s) %s (after filters)",
+                    ", ".join(f"ses-{label}" for label in absent))
+    try:
+        return select_sessions(inv, opts.session_labels, cfg.cohort, opts.teacher_contrasts)
+    except ValueError as err:
+        raise UsageError(str(err)) from err

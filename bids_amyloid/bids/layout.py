@@ -119,8 +119,7 @@ def query_files(layout: Any, key: str, opts: RunOptions) -> list[Path]:
     query = _query(key, opts.bids_filters)
     if opts.participant_labels:
         query["subject"] = list(opts.participant_labels)
-    if opts.session_labels:
-        query["session"] = list(opts.session_labels)
+    # --session-label is applied after pairing (bids.pairing.select_sessions), not here
     try:
         return [Path(p) for p in layout.get(return_type="filename", **query)]
     except (ValueError, TypeError) as err:

@@ -20,11 +20,11 @@ from typing import Any
 
 import nibabel as nib
 
+from bids_amyloid.bids.pairing import PET_CONTRAST
 from bids_amyloid.config import MRI_CONTRASTS, AppConfig
 
 LOG = logging.getLogger(__name__)
 OUT_OF_WINDOW = "no_mri_within_window"  # pairing reason code of bids.pair_one
-PET_CONTRAST = "T1w"  # PET is registered through its MRI session's T1w
 
 
 @dataclass(frozen=True)

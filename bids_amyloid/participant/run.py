@@ -33,7 +33,6 @@ from bids_amyloid.options import RunOptions
 from bids_amyloid.participant.outputs import job_finished
 from bids_amyloid.participant.plan import (
     OUT_OF_WINDOW,
-    PET_CONTRAST,
     PetJob,
     RunContext,
     SessionJob,
@@ -177,8 +176,7 @@ def _summarise(results: list[UnitResult], out: Path) -> int:
 
 def run_participant(opts: RunOptions, cfg: AppConfig) -> int:
     """Entry point of ``bids-amyloid BIDS OUT participant``; returns the exit code."""
-    from bids_amyloid.bids import collect_inventory
-    from bids_amyloid.cohort import pair_pet_with_mri
+    from bids_amyloid.bids import collect_inventory, pair_scans, pairing_contrasts
 
     out = opts.output_dir
     ctx = _context(out, opts, cfg)
@@ -186,21 +184,18 @@ def run_participant(opts: RunOptions, cfg: AppConfig) -> int:
     _prepare(out, ctx, {s.sub for s in inv.mri} | {p.sub for p in inv.pet})
     pets: dict[tuple[str, str], list[PetJob]] = {}
     orphans: list[UnitResult] = []
-    for scan, mri, reason in pair_pet_with_mri(inv, (PET_CONTRAST,), cfg.cohort.pair_window_days):
+    for scan, mri, reason in pair_scans(inv, cfg.cohort, opts.teacher_contrasts):
         if mri is None and reason.startswith(OUT_OF_WINDOW):
             # expected in longitudinal cohorts: the cohort stage excludes it with this reason
             LOG.warning("PET %s skipped, not an error: %s", scan.path, reason)
             continue
         if mri is None:
             error = f"PET {scan.path}: no usable MRI to register it to ({reason})"
-            if opts.session_labels:
-                error += "; note that --session-label also limits the MRI sessions considered"
             log = write_failure_log(out, scan.sub, unit_tag(scan.ses, scan.tracer), error)
             orphans.append(UnitResult(scan.sub, scan.ses, scan.tracer, error, 0.0, log))
             continue
         pets.setdefault((mri.sub, mri.ses), []).append(PetJob(scan.ses, scan.tracer, scan.path))
-    contrasts = tuple(dict.fromkeys((PET_CONTRAST, *cfg.cohort.contrasts, *opts.teacher_contrasts)))
-    jobs = plan_jobs(inv.mri, contrasts, pets)
+    jobs = plan_jobs(inv.mri, pairing_contrasts(cfg.cohort.contrasts, opts.teacher_contrasts), pets)
     return _summarise(_run(jobs, ctx, opts, orphans), out)
 
 

@@ -7,6 +7,14 @@ numeric order of their sagittal index; the PET rows are looked up at the same
 indices (PET caches keep all 40 candidate positions). PET SUVR is divided by
 one global factor (``cfg.train.pet_scale``), never rescaled per slice.
 
+Provenance: each cache's sidecar records the ``[preproc]`` parameters that made
+it (``Parameters``) and, for PET, the MRI session it was registered through
+(``MRISession``). :func:`check_caches` leaves out a row whose PET was registered
+through another session than the cohort pairs it with; :func:`cache_parameters`
+refuses a cohort whose caches were made with different parameters, and
+:func:`with_cache_parameters` puts the caches' parameters (not the group run's
+``[preproc]``) into the configuration the model files record.
+
 Example
 -------
 >>> even_positions(10, 4)
@@ -15,7 +23,9 @@ Example
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bids_amyloid import derivatives
+from bids_amyloid.config import AppConfig, ConfigError, apply_overrides, config_to_dict
 from bids_amyloid.errors import InputDataError
 from bids_amyloid.slice_selection import even_positions
 
@@ -59,20 +70,122 @@ def _finished(path: Path) -> bool:
     return path.is_file() and derivatives.sidecar_of(path).is_file()
 
 
+def _sidecar(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(derivatives.sidecar_of(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputDataError(f"{derivatives.sidecar_of(path)}: cannot read ({err})") from err
+    if not isinstance(meta, dict):
+        raise InputDataError(f"{derivatives.sidecar_of(path)}: not a JSON object")
+    return meta
+
+
+def _registered_elsewhere(paths: PairPaths, row: pd.Series, out: Path) -> str | None:
+    """Why the row's PET cache does not belong to its MRI session, or None if it does."""
+    through = _sidecar(paths.pet).get("MRISession")
+    listed = str(row["mri_session"])
+    listed = listed if not listed or listed.startswith("ses-") else f"ses-{listed}"
+    if through is None or through == listed:
+        return None
+    return (f"PET {paths.pet.relative_to(out)} was registered through {through or 'n/a'}, "
+            f"the cohort pairs it with {listed or 'n/a'} (run the participant level with the "
+            "group run's contrasts: both pair with bids_amyloid.bids.pair_scans)")
+
+
 def check_caches(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
                  with_pet: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split cohort rows into those whose caches all exist and the others (with a reason)."""
+    """Split cohort rows into those whose caches all exist and the others (with a reason).
+
+    A row also goes to the others when its PET cache records (``MRISession``)
+    another MRI session than the row's: that PET was registered through it.
+    """
     keep, missing = [], []
     for idx, row in cohort.iterrows():
         paths = pair_paths(out, row, contrasts)
         needed = list(paths.mri.values()) + ([paths.pet] if with_pet else [])
         absent = [p for p in needed if not _finished(p)]
+        elsewhere = None if absent or not with_pet else _registered_elsewhere(paths, row, out)
         if absent:
             missing.append({**row.to_dict(), "reason": "missing slice cache " + ", ".join(
                 str(p.relative_to(out)) for p in absent)})
+        elif elsewhere:
+            missing.append({**row.to_dict(), "reason": elsewhere})
         else:
             keep.append(idx)
     return cohort.loc[keep].reset_index(drop=True), pd.DataFrame(missing)
+
+
+def _value_text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def cache_parameters(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
+                     with_pet: bool = True) -> dict[str, Any]:
+    """The ``[preproc]`` parameters the cohort's slice caches were made with (JSON form).
+
+    MRI caches record the MRI and slice fields, PET caches all fields; every
+    field must have one value across all caches. Raises InputDataError naming
+    each differing field with its values and an example file of each, or the
+    caches that record no parameters when others do. Returns ``{}`` when no
+    cache records parameters (caches not written by the participant level).
+    """
+    seen: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    values: dict[str, Any] = {}
+    unrecorded: list[Path] = []
+    for _, row in cohort.iterrows():
+        paths = pair_paths(out, row, contrasts)
+        for path in [*paths.mri.values(), *([paths.pet] if with_pet else [])]:
+            params = _sidecar(path).get("Parameters")
+            if not isinstance(params, dict):
+                unrecorded.append(path)
+                continue
+            for name, value in params.items():
+                seen[name][_value_text(value)].append(path)
+                values.setdefault(name, value)
+    if not seen:
+        return {}
+    if unrecorded:
+        raise InputDataError(
+            f"{len(unrecorded)} slice caches record no preprocessing parameters while others "
+            f"do (e.g. {_examples(unrecorded, out)}): re-run the participant level for them")
+    differing = {name: by_value for name, by_value in seen.items() if len(by_value) > 1}
+    if differing:
+        lines = [f"  {name}: " + " vs ".join(
+            f"{text} ({len(files)} files, e.g. {_examples(files, out, 1)})"
+            for text, files in sorted(by_value.items())) for name, by_value in sorted(differing.items())]
+        raise InputDataError(
+            "the cohort's slice caches were made with different preprocessing parameters "
+            f"({', '.join(sorted(differing))}); a model must see one preprocessing. Re-run "
+            "the participant level with one --config for every session:\n" + "\n".join(lines))
+    return values
+
+
+def _examples(paths: Sequence[Path], out: Path, n: int = 2) -> str:
+    return ", ".join(str(p.relative_to(out)) for p in paths[:n])
+
+
+def with_cache_parameters(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
+    """``cfg`` with ``[preproc]`` replaced by the caches' parameters (:func:`cache_parameters`).
+
+    The group level does not preprocess: the parameters its model files record
+    (and predict applies to new MRI) are those its inputs were made with. Each
+    value that differs from the run's own ``[preproc]`` is logged.
+    """
+    if not params:
+        LOG.warning("the slice caches record no preprocessing parameters (not written by the "
+                    "participant level): the model files record this run's [preproc] instead")
+        return cfg
+    try:
+        merged = apply_overrides(cfg, {"preproc": params})
+    except ConfigError as err:
+        raise InputDataError(f"the slice caches record preprocessing parameters this version "
+                             f"cannot use: {err}") from err
+    own, made = config_to_dict(cfg.preproc), config_to_dict(merged.preproc)
+    for name in sorted(k for k in made if own.get(k) != made[k]):
+        LOG.info("slice caches made with %s = %s (this run's [preproc]: %s); the model files "
+                 "record the caches' value", name, _value_text(made[name]),
+                 _value_text(own.get(name)))
+    return merged
 
 
 class SliceCacheDataset(Dataset):
