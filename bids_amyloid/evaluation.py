@@ -18,12 +18,15 @@ True
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+
+LOG = logging.getLogger(__name__)
 
 METRIC_NAMES = ("f1", "accuracy", "precision", "recall", "sensitivity", "specificity", "npv")
 SCREENING_NAMES = ("sensitivity", "specificity", "ppv", "npv")
@@ -303,7 +306,13 @@ def validation_entries(labels: Sequence[float] | np.ndarray, logits: Sequence[fl
     points = operating_points(y, probs, tau, min_sensitivity, min_specificity)
     rates = {name: screening_rates(y, probs > thr) for name, thr in points.items()
              if np.isfinite(thr)}
-    return {"calibration": fit_platt(z, y).to_meta(fitted_on),
+    entries: dict[str, Any] = {}
+    try:
+        entries["calibration"] = fit_platt(z, y).to_meta(fitted_on)
+    except ValueError as err:
+        LOG.warning("no calibration recorded (%s on %s): probability_calibrated will be n/a",
+                    err, fitted_on)
+    return {**entries,
             "operating_points": points,
             "operating_constraints": {"rule_out_sensitivity": float(min_sensitivity),
                                       "rule_in_specificity": float(min_specificity)},

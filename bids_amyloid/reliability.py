@@ -101,6 +101,15 @@ def read_session_qc(root: Path, sub: str, ses: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def cohort_qc_records(out: Path, rows: Any) -> list[dict[str, Any] | None]:
+    """QC records of the distinct MRI sessions of cohort ``rows`` (columns ``participant_id``,
+    ``mri_session``), read from the participant level's outputs in ``out``."""
+    keys = sorted({(str(r.participant_id).removeprefix("sub-"),
+                    "" if r.mri_session in ("n/a", "") else str(r.mri_session).removeprefix("ses-"))
+                   for r in rows.itertuples(index=False)})
+    return [read_session_qc(out, sub, ses) for sub, ses in keys]
+
+
 def qc_reference(records: list[dict[str, Any] | None], contrasts: tuple[str, ...]
                  ) -> dict[str, dict[str, float]]:
     """Per contrast and :data:`QC_KEYS` entry: the 1st percentile of the training sessions'

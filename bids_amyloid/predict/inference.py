@@ -33,9 +33,14 @@ def model_inputs(batch: list[dict[str, SliceInput]], model: PredictModel
     return images, masks
 
 
-def infer(plans: list[SessionPlan], model: PredictModel, batch_size: int = 8
+def infer(plans: list[SessionPlan], model: PredictModel, batch_size: int = 8,
+          embeddings: dict[tuple[str, str], np.ndarray] | None = None
           ) -> dict[tuple[str, str], float]:
-    """Probability per session; sessions are batched with others offering the same contrasts."""
+    """Probability per session; sessions are batched with others offering the same contrasts.
+
+    ``embeddings``, if given, receives each session's pooled student embedding (the
+    reliability check's input).
+    """
     import torch
 
     n_slices = model.cfg.train.n_train_slices
@@ -50,8 +55,12 @@ def infer(plans: list[SessionPlan], model: PredictModel, batch_size: int = 8
                 items = [{c: load_slices(p.caches[c], n_slices) for c in p.contrasts}
                          for p in chunk]
                 images, masks = model_inputs(items, model)
-                logits = model.network(images, masks).logit.float()
+                out = model.network(images, masks)
+                logits = out.logit.float()
                 for plan, p in zip(chunk, torch.sigmoid(logits).cpu().tolist(), strict=True):
                     probs[plan.key] = float(p)
+                if embeddings is not None:
+                    for plan, e in zip(chunk, out.embedding.float().cpu().numpy(), strict=True):
+                        embeddings[plan.key] = e
     return probs
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bids_amyloid import __version__
@@ -14,13 +16,19 @@ from bids_amyloid.errors import EXIT_OK, EXIT_SESSION_FAILED, NothingSelectedErr
 from bids_amyloid.io import remove_stale_temporaries, write_json, write_tsv
 from bids_amyloid.options import RunOptions
 from bids_amyloid.predict.inference import infer
-from bids_amyloid.predict.model import SEEN_SPLITS, load_predict_model
-from bids_amyloid.predict.plan import locate_caches, plan_sessions, preprocess_missing
+from bids_amyloid.predict.model import SEEN_SPLITS, PredictModel, load_predict_model
+from bids_amyloid.predict.plan import (
+    SessionPlan,
+    locate_caches,
+    plan_sessions,
+    preprocess_missing,
+)
 from bids_amyloid.predict.tables import (
     EXCLUDED_COLUMNS,
     PREDICTION_COLUMNS,
     evaluation_table,
     metrics_table,
+    model_points,
     predictions_table,
 )
 
@@ -37,6 +45,29 @@ def warn_seen_subjects(predictions: pd.DataFrame, opts: RunOptions) -> None:
                     "subjects (%s): their predictions are optimistic and flagged in "
                     "cohort_split; --allow-training-subjects silences this warning",
                     len(flagged), shown)
+
+
+def check_reliability(plans: list[SessionPlan], embeddings: dict[tuple[str, str], np.ndarray],
+                      model: PredictModel, roots: list[Path]) -> dict[tuple[str, str], str]:
+    """``reliability`` of each session (:mod:`bids_amyloid.reliability`): its embedding and
+    its preprocessing QC numbers (read where its slice caches are) against the training
+    cohort's; flagged sessions are logged."""
+    from bids_amyloid.reliability import read_session_qc, session_reliability
+
+    out = {}
+    for plan in plans:
+        sub, ses = plan.key
+        first = plan.contrasts[0]
+        root = next((r for r in roots
+                     if plan.caches.get(first) == drv.mri_slice_cache(r, sub, ses, first)), None)
+        record = read_session_qc(root, sub, ses) if root is not None else None
+        emb = embeddings.get(plan.key)
+        out[plan.key] = session_reliability(model.meta, None if emb is None else emb[None],
+                                            record, plan.contrasts)
+        if out[plan.key].startswith("flagged"):
+            LOG.warning("sub-%s %s: prediction written but %s", sub, session_label(ses),
+                        out[plan.key])
+    return out
 
 
 def run_predict(opts: RunOptions, cfg: AppConfig) -> int:
@@ -66,8 +97,10 @@ def run_predict(opts: RunOptions, cfg: AppConfig) -> int:
         excluded.append({"participant_id": f"sub-{sub}", "session_id": session_label(ses),
                          "reason": f"preprocessing_failed: {reason}"})
     ready = [p for p in plans if p.key not in failures]
-    probs = infer(ready, model)
-    predictions = predictions_table(ready, probs, model)
+    embeddings: dict[tuple[str, str], np.ndarray] = {}
+    probs = infer(ready, model, embeddings=embeddings)
+    reliability = check_reliability(ready, embeddings, model, [opts.output_dir, files.derivatives])
+    predictions = predictions_table(ready, probs, model, reliability)
     write_tsv(files.predictions, predictions, PREDICTION_COLUMNS)
     write_tsv(files.excluded,
               pd.DataFrame(excluded).sort_values(["participant_id", "session_id"])
@@ -77,17 +110,23 @@ def run_predict(opts: RunOptions, cfg: AppConfig) -> int:
     evaluation = evaluation_table(inv, ready, predictions, model)
     if not evaluation.empty:
         write_tsv(files.evaluation, evaluation)
-        write_tsv(files.metrics, metrics_table(evaluation, model.tau, cfg))
+        write_tsv(files.metrics, metrics_table(evaluation, model, cfg))
         LOG.info("metrics on %d labelled MRI–PET pairs written to %s", len(evaluation),
                  files.metrics)
     if opts.saliency and ready:
         from bids_amyloid.predict.saliency import write_saliency
 
         write_saliency(ready, model, predictions, files)
+    elif ready:
+        from bids_amyloid.predict.saliency import write_pages
+
+        write_pages(predictions, model, files)
     write_json(files.provenance, {
         "GeneratedBy": {"Name": "bids-amyloid", "Version": __version__},
         "Model": {"Path": str(model.path), "SHA256": model.sha256,
                   "Contrasts": list(model.contrasts), "Tau": model.tau,
+                  "OperatingPoints": model_points(model),
+                  "Calibration": model.meta.get("calibration"),
                   "Backbone": model.network.backbone.info.to_dict()},
         "BIDSDir": str(opts.bids_dir),
         "Sessions": {"predicted": len(predictions), "excluded": len(excluded),

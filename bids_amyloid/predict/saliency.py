@@ -302,20 +302,47 @@ PAGE_STYLE = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:
               "img{max-width:100%}.warn{color:#a00}")
 
 
+PAGE_COLUMNS = ("session_id", "contrasts_used", "probability", "probability_calibrated",
+                "positive_at_0.5", "positive_at_tau", "positive_at_rule_out",
+                "positive_at_rule_in", "cohort_split", "note")
+
+
 def subject_page(sub: str, rows: pd.DataFrame, sections: list[tuple[str, str, bytes, list[str]]],
                  model: PredictModel) -> str:
-    """Self-contained HTML: the subject's predictions and each session's saliency figures."""
+    """Self-contained HTML: the subject's predictions, reliability flags, the model's
+    operating points and each session's saliency figures."""
+    from bids_amyloid.predict.tables import model_operating_table
+
     esc = html.escape
+    shown = rows[[c for c in PAGE_COLUMNS if c in rows]]
     parts = [f"<h1>sub-{esc(sub)} — amyloid prediction from MRI</h1>",
              f"<p>Model <code>{esc(model.name)}</code> (SHA-256 {esc(model.sha256[:16])}…, "
              f"backbone {esc(model.network.backbone.info.name)}), τ = {model.tau:.3f}. "
+             "<code>probability_calibrated</code> is the model's probability mapped so that it "
+             "matches the observed frequency on the model's validation set; each "
+             "<code>positive_at_*</code> is the decision at one operating point (table below). "
              "Saliency shows which pixels of the slices the model saw moved its logit "
              "(gradient) and which image regions its last ViT block used (HiResCAM); both "
              "scaled per session. They explain the model, not the biology.</p>",
-             rows.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0)]
+             shown.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0,
+                           na_rep="n/a")]
+    for row in rows.itertuples(index=False):
+        if str(row.reliability).startswith("flagged"):
+            parts.append(f"<p class='warn'><b>{esc(row.session_id)}: unreliable</b> — "
+                         f"{esc(str(row.reliability).removeprefix('flagged: '))}. The session "
+                         "is unlike the model's training cohort: the prediction is written but "
+                         "should not be trusted without review.</p>")
+        elif str(row.reliability) != "ok":
+            parts.append(f"<p>{esc(row.session_id)}: reliability {esc(str(row.reliability))}</p>")
     if rows["cohort_split"].isin(SEEN_SPLITS).any():
         parts.append("<p class='warn'>This subject was a train or val subject of the model: "
                      "its predictions are optimistic.</p>")
+    parts.append("<h2>Operating points of the model</h2><p>Positive if the probability is "
+                 "above the threshold. Rule-out: a session below it would skip amyloid PET "
+                 "(chosen for high sensitivity); rule-in: above it, positive with high "
+                 "specificity. Rates as measured where the thresholds were chosen.</p>"
+                 + model_operating_table(model).to_html(
+                     index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a"))
     for ses_label, contrast, png, files in sections:
         links = ", ".join(f"<code>{esc(f)}</code>" for f in files)
         parts.append(f"<h2>{esc(ses_label)} — {esc(contrast)}</h2>"
@@ -326,7 +353,7 @@ def subject_page(sub: str, rows: pd.DataFrame, sections: list[tuple[str, str, by
 def write_saliency(plans: list[SessionPlan], model: PredictModel, predictions: pd.DataFrame,
                    files: PredictRun) -> list[Path]:
     """Maps (NIfTI), overlays and one HTML page per subject in the predict folder; returns the
-    pages."""
+    pages (:func:`write_pages`)."""
     preproc = model.cfg.preproc
     by_subject: dict[str, list[tuple[str, str, bytes, list[str]]]] = {}
     for plan in plans:
@@ -344,9 +371,18 @@ def write_saliency(plans: list[SessionPlan], model: PredictModel, predictions: p
             by_subject.setdefault(sub, []).append(
                 (session_label(ses), contrast, overlay_png(sal, preproc, title), names))
         LOG.info("saliency maps of sub-%s %s written", sub, session_label(ses))
+    return write_pages(predictions, model, files, by_subject)
+
+
+def write_pages(predictions: pd.DataFrame, model: PredictModel, files: PredictRun,
+                sections: dict[str, list[tuple[str, str, bytes, list[str]]]] | None = None
+                ) -> list[Path]:
+    """One HTML page per predicted subject (:func:`subject_page`), with its saliency
+    ``sections`` where computed; returns the pages."""
     pages = []
-    for sub, sections in sorted(by_subject.items()):
-        rows = predictions[predictions["participant_id"] == f"sub-{sub}"]
-        page = write_text(files.page(sub), subject_page(sub, rows, sections, model))
-        pages.append(page)
+    for pid in sorted(set(predictions["participant_id"])):
+        sub = str(pid).removeprefix("sub-")
+        rows = predictions[predictions["participant_id"] == pid]
+        pages.append(write_text(files.page(sub),
+                                subject_page(sub, rows, (sections or {}).get(sub, []), model)))
     return pages

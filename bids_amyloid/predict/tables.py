@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
+from bids_amyloid.calibration import PlattScaling
 from bids_amyloid.derivatives import session_label
+from bids_amyloid.evaluation import OPERATING_POINTS, decisions, recorded_points
 from bids_amyloid.predict.model import SEEN_SPLITS, PredictModel
 
 if TYPE_CHECKING:
@@ -15,9 +19,12 @@ if TYPE_CHECKING:
     from bids_amyloid.predict.plan import SessionPlan
 
 PREDICTION_COLUMNS = ("participant_id", "session_id", "contrasts_used", "probability",
-                      "positive_at_0.5", "positive_at_tau", "tau", "model", "model_sha256",
+                      "probability_calibrated", "positive_at_0.5", "positive_at_tau",
+                      "positive_at_rule_out", "positive_at_rule_in", "tau", "rule_out_threshold",
+                      "rule_in_threshold", "reliability", "model", "model_sha256",
                       "cohort_split", "note")
 EXCLUDED_COLUMNS = ("participant_id", "session_id", "reason")
+LOG = logging.getLogger(__name__)
 
 
 def cohort_split(sub: str, splits: dict[str, str] | None) -> str:
@@ -28,30 +35,62 @@ def cohort_split(sub: str, splits: dict[str, str] | None) -> str:
     return splits.get(sub, "none")
 
 
+def model_calibration(model: PredictModel) -> PlattScaling | None:
+    """The model file's calibration; None (and a warning) for a file from before it was
+    recorded."""
+    try:
+        calibration = PlattScaling.from_meta(model.meta)
+    except ValueError as err:
+        raise ValueError(f"{model.path}: {err}") from err
+    if calibration is None:
+        LOG.warning("%s records no calibration: probability_calibrated is n/a", model.path.name)
+    return calibration
+
+
+def model_points(model: PredictModel) -> dict[str, float]:
+    """The model file's operating points (0.5 and τ at least)."""
+    return recorded_points(model.meta, model.tau)
+
+
 def predictions_table(plans: list[SessionPlan], probs: dict[tuple[str, str], float],
-                      model: PredictModel) -> pd.DataFrame:
-    """``predictions.tsv`` rows, sorted by participant and session."""
+                      model: PredictModel, reliability: dict[tuple[str, str], str] | None = None
+                      ) -> pd.DataFrame:
+    """``predictions.tsv`` rows, sorted by participant and session.
+
+    Decisions at every operating point compare ``probability`` (the model's output) with
+    the model file's thresholds; ``probability_calibrated`` is the same ranking, mapped by
+    the model file's calibration.
+    """
     tau = model.tau
     splits = model.cohort_splits
+    calibration = model_calibration(model)
+    points = model_points(model)
+    done = [plan for plan in plans if plan.key in probs]
+    p = np.array([probs[plan.key] for plan in done], dtype=float)
+    calibrated = calibration.apply(p) if calibration is not None else np.full(p.size, np.nan)
+    decided = decisions(p, points)
     rows = []
-    for plan in plans:
-        if plan.key not in probs:
-            continue
-        p = probs[plan.key]
+    for k, plan in enumerate(done):
         rows.append({
             "participant_id": f"sub-{plan.session.sub}",
             "session_id": session_label(plan.session.ses),
             "contrasts_used": "+".join(plan.contrasts),
-            "probability": p,
-            "positive_at_0.5": int(p > 0.5),
-            "positive_at_tau": int(p > tau),
+            "probability": p[k],
+            "probability_calibrated": calibrated[k],
+            **{f"positive_at_{name}": decided[name].iloc[k] for name in OPERATING_POINTS},
             "tau": tau,
+            "rule_out_threshold": points.get("rule_out", float("nan")),
+            "rule_in_threshold": points.get("rule_in", float("nan")),
+            "reliability": (reliability or {}).get(plan.key, "n/a"),
             "model": model.name,
             "model_sha256": model.sha256,
             "cohort_split": cohort_split(plan.session.sub, splits),
             "note": plan.note or "n/a",
         })
-    return pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(PREDICTION_COLUMNS))
+    for name in OPERATING_POINTS:
+        frame[f"positive_at_{name}"] = frame[f"positive_at_{name}"].astype("Int64")
+    return frame
 
 
 def evaluation_table(inv: Inventory, plans: list[SessionPlan], predictions: pd.DataFrame,
@@ -85,26 +124,52 @@ def evaluation_table(inv: Inventory, plans: list[SessionPlan], predictions: pd.D
                      "centiloid": float(pet.centiloid), "threshold": threshold,
                      "label": label_of(float(pet.centiloid), threshold),
                      "days_apart": days, "probability": pred.probability,
+                     "probability_calibrated": pred.probability_calibrated,
                      "cohort_split": pred.cohort_split})
     return pd.DataFrame(rows)
 
 
-def metrics_table(evaluation: pd.DataFrame, tau: float, cfg: AppConfig) -> pd.DataFrame:
+def metrics_table(evaluation: pd.DataFrame, model: PredictModel, cfg: AppConfig
+                  ) -> pd.DataFrame:
     """Metrics of the labelled pairs, with the group level's columns
-    (:func:`bids_amyloid.evaluation.metrics_row`): all pairs, and those whose subject was not
-    a train or val subject of the model."""
+    (:func:`bids_amyloid.evaluation.metrics_row`: AUC, Brier and ECE before/after calibration,
+    each operating point with CIs): all pairs, and those whose subject was not a train or
+    val subject of the model."""
     from bids_amyloid.evaluation import metrics_row
 
     sets = [("all", evaluation)]
     unseen = evaluation[~evaluation["cohort_split"].isin(SEEN_SPLITS)]
     if len(unseen) < len(evaluation):
         sets.append(("not_train_or_val", unseen))
+    points = model_points(model)
     rows: list[dict[str, Any]] = []
     for name, frame in sets:
         if frame.empty:
             continue
+        calibrated = frame["probability_calibrated"].to_numpy(float)
         row = metrics_row(frame["label"].to_numpy(int), frame["probability"].to_numpy(float),
-                          frame["participant_id"].tolist(), tau, n_boot=cfg.train.bootstrap,
-                          seed=cfg.train.seed)
+                          frame["participant_id"].tolist(), model.tau, n_boot=cfg.train.bootstrap,
+                          seed=cfg.train.seed, points=points,
+                          calibrated=calibrated if np.isfinite(calibrated).all() else None)
         rows.append({"set": name, **row})
+    return pd.DataFrame(rows)
+
+
+def model_operating_table(model: PredictModel) -> pd.DataFrame:
+    """The model file's operating points for a page: threshold (model and calibrated scale)
+    and the rates the group level measured where it chose them (validation, or out-of-fold
+    under ``--cv``)."""
+    from bids_amyloid.evaluation import POINT_LABELS
+
+    calibration = PlattScaling.from_meta(model.meta)
+    rates = model.meta.get("operating_point_rates") or {}
+    rows = []
+    for name, thr in model_points(model).items():
+        measured = rates.get(name) or {}
+        rows.append({"operating point": POINT_LABELS[name], "threshold": thr,
+                     "threshold (calibrated)": float(calibration.apply([thr])[0])
+                     if calibration is not None else float("nan"),
+                     **{f"{key} ({rates.get('fitted_on', 'validation')})":
+                        measured.get(key, float("nan"))
+                        for key in ("sensitivity", "specificity", "ppv", "npv")}})
     return pd.DataFrame(rows)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_amyloid.calibration import PlattScaling
 from bids_amyloid.derivatives import CheckpointFolder
+from bids_amyloid.evaluation import recorded_points
 from bids_amyloid.train import report
 from bids_amyloid.train.context import SPLITS, Run
 from bids_amyloid.train.plan import NO_TEACHER, PHASES
@@ -26,18 +28,24 @@ def model_files(run: Run) -> list[tuple[str, Path, str, tuple[str, ...]]]:
     return files
 
 
-def evaluation_predictions(run: Run) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Per-sample validation and test predictions of every model file, and each one's τ."""
-    frames, taus = [], {}
+def evaluation_predictions(run: Run) -> tuple[pd.DataFrame, dict[str, float],
+                                              dict[str, dict[str, float]],
+                                              dict[str, PlattScaling | None]]:
+    """Per-sample validation and test predictions of every model file, and each one's τ,
+    operating points and calibration."""
+    frames, taus, points, calibrations = [], {}, {}, {}
     for name, path, role, contrasts in model_files(run):
         model, meta = load_network(path, run)
         taus[name] = float(meta.get("thresholds", {}).get("tau", 0.5))
+        points[name] = recorded_points(meta, taus[name])
+        calibrations[name] = PlattScaling.from_meta(meta)
         for split in SPLITS[1:]:
             if len(run.data[split]) == 0:
                 continue
             out = predict_split(run, model, role, contrasts, split)
-            frames.append(report.prediction_frame(run.data[split], out, name, split, taus[name]))
-    return pd.concat(frames, ignore_index=True), taus
+            frames.append(report.prediction_frame(run.data[split], out, name, split, taus[name],
+                                                  points[name], calibrations[name]))
+    return pd.concat(frames, ignore_index=True), taus, points, calibrations
 
 
 def evaluate(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -45,10 +53,10 @@ def evaluate(run: Run) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     Returns ``(predictions, metrics)``, the rows of ``predictions.tsv`` and ``metrics.tsv``.
     """
-    predictions, taus = evaluation_predictions(run)
+    predictions, _, points, calibrations = evaluation_predictions(run)
     histories = {p: CheckpointFolder(run.ckpt(p)).history for p in (*PHASES, NO_TEACHER)}
-    metrics = report.write_outputs(run.files, run.cfg, run.cohort, predictions, taus, histories,
-                                   notes=notes(run))
+    metrics = report.write_outputs(run.files, run.cfg, run.cohort, predictions, points,
+                                   histories, notes=notes(run), calibrations=calibrations)
     return predictions, metrics
 
 

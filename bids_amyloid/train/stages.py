@@ -18,7 +18,7 @@ from torch import nn
 
 from bids_amyloid.derivatives import CheckpointFolder
 from bids_amyloid.errors import InputMissingError, UsageError
-from bids_amyloid.evaluation import best_threshold
+from bids_amyloid.evaluation import best_threshold, validation_entries
 from bids_amyloid.train.context import Run, phase_context
 from bids_amyloid.train.data import WeightedEpochSampler, make_loader
 from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog, load_best, seed_all
@@ -136,6 +136,22 @@ def val_tau(run: Run, model: nn.Module, role: str, contrasts: tuple[str, ...]) -
     return best_threshold(out["label"], probs, run.cfg.train.threshold_grid)
 
 
+def student_entries(run: Run, student: nn.Module, tau: float) -> dict[str, Any]:
+    """What a student's model file records for predict: calibration and operating points
+    (validation; :func:`bids_amyloid.evaluation.validation_entries`) and the training cohort's
+    embedding and QC reference (:func:`bids_amyloid.reliability.reference_meta`)."""
+    from bids_amyloid.reliability import cohort_qc_records, reference_meta
+
+    contrasts, t = run.student_contrasts, run.cfg.train
+    val = predict_split(run, student, "student", contrasts, "val")
+    train = predict_split(run, student, "student", contrasts, "train")
+    entries = validation_entries(val["label"], val["logit"], tau, t.rule_out_sensitivity,
+                                 t.rule_in_specificity)
+    qc = cohort_qc_records(run.opts.output_dir, run.data["train"].rows)
+    entries["reliability"] = reference_meta(train["embedding"], val["embedding"], qc, contrasts)
+    return entries
+
+
 def teacher_phases(run: Run, phases: list[str]) -> None:
     """Phases 1 and/or 2; writes ``teacher.pt``."""
     cfg, path = run.cfg, run.files.teacher
@@ -185,7 +201,8 @@ def distill_phase(run: Run) -> None:
         tau = val_tau(run, student, "student", run.student_contrasts)
         meta = model_meta(run, "student", run.student_contrasts, tau, selection=f"best val {key}",
                           best_epoch=epoch, teacher=str(source),
-                          teacher_contrasts=list(run.teacher_contrasts))
+                          teacher_contrasts=list(run.teacher_contrasts),
+                          **student_entries(run, student, tau))
         save_network(run, run.files.student(run.student_contrasts, selection), student, meta)
 
 
@@ -205,7 +222,8 @@ def no_teacher_phase(run: Run) -> None:
     epoch = train_phase(run, task, cfg.distill.batch_size)
     tau = val_tau(run, student, "student", run.student_contrasts)
     meta = model_meta(run, "student", run.student_contrasts, tau, selection="best val f1@tau",
-                      best_epoch=epoch, teacher=None, ablation=NO_TEACHER)
+                      best_epoch=epoch, teacher=None, ablation=NO_TEACHER,
+                      **student_entries(run, student, tau))
     save_network(run, run.files.student(run.student_contrasts, NO_TEACHER), student, meta)
 
 
