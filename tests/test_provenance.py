@@ -1,0 +1,200 @@
+"""Provenance from participant to predict: one pairing, --session-label, the caches' parameters.
+
+Fast tests drive the real participant level with the image functions swapped for
+``participant_fakes`` on hand-built BIDS trees; the ``slow`` chain runs the real
+preprocessing, the group level and predict on a tiny simulated cohort.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_amyloid import derivatives as drv
+from bids_amyloid.bids import collect_inventory
+from bids_amyloid.cli import main
+from bids_amyloid.cohort import build_cohort
+from bids_amyloid.config import AppConfig, apply_overrides
+from bids_amyloid.errors import InputDataError
+from bids_amyloid.options import RunOptions
+from bids_amyloid.participant.outputs import unit_parameters
+from bids_amyloid.train.data import cache_parameters, check_caches, with_cache_parameters
+from tests import participant_fakes
+from tests.bids_builders import BidsBuilder, clinica_oasis3_dataset, write_nifti
+
+SUBJECTS = ("01", "02", "03")
+
+
+@pytest.fixture
+def fakes(monkeypatch: pytest.MonkeyPatch) -> None:
+    participant_fakes.install(monkeypatch)
+
+
+def participant(bids: Path, out: Path, *extra: str) -> int:
+    return main([str(bids), str(out), "participant", "--skip-bids-validation", "-q", *extra])
+
+
+def two_session_dataset(root: Path) -> Path:
+    """Per subject: MRI ses-a (T1w, 1 Jan), MRI ses-b (T1w + T2w, 1 Apr), AV45 PET ses-p
+    (21 Jan). The PET's closest session with a T1w is ses-a (20 days); with T1w + T2w it
+    is ses-b (71 days)."""
+    b = BidsBuilder(root)
+    for k, sub in enumerate(SUBJECTS):
+        b.anat(sub, "a", "T1w")
+        b.anat(sub, "b", "T1w")
+        b.anat(sub, "b", "T2w")
+        b.pet(sub, "p", "AV45")
+        b.sessions(sub, [
+            {"session_id": "ses-a", "acq_time": "2020-01-01T10:00:00", "centiloid": None},
+            {"session_id": "ses-b", "acq_time": "2020-04-01T10:00:00", "centiloid": None},
+            {"session_id": "ses-p", "acq_time": "2020-01-21T10:00:00", "centiloid": 10.0 + 40 * k}])
+    return enlarge(root)
+
+
+def enlarge(root: Path) -> Path:
+    """Give every image of a hand-built tree 12 voxels per axis (the input checks refuse 4);
+    a 4D PET keeps its frames. The fakes only read the values."""
+    import nibabel as nib
+
+    for path in root.rglob("*.nii.gz"):
+        frames = nib.load(path).shape[3:]
+        write_nifti(path, (12, 12, 12, *frames), value=2.0)
+    return root
+
+
+def options(bids: Path, out: Path) -> RunOptions:
+    return RunOptions(bids_dir=bids, output_dir=out, analysis_level="group",
+                      skip_bids_validation=True)
+
+
+def pet_registered_through(out: Path, sub: str) -> str:
+    cache = drv.pet_slice_cache(out, sub, "p", "AV45")
+    return json.loads(drv.sidecar_of(cache).read_text())["MRISession"]
+
+
+# --------------------------------------------------------------------------- one pairing
+
+
+def test_multi_contrast_run_registers_the_pet_through_the_session_the_cohort_lists(
+        fakes: None, tmp_path: Path) -> None:
+    bids, out = two_session_dataset(tmp_path / "bids"), tmp_path / "out"
+    assert participant(bids, out, "--contrasts", "T1w", "T2w") == 0
+    cfg = apply_overrides(AppConfig(), {"cohort": {"contrasts": ["T1w", "T2w"], "n_folds": 3,
+                                                   "val_fold": 0, "test_fold": 1}})
+    cohort, excluded = build_cohort(collect_inventory(options(bids, out), cfg), cfg)
+    assert excluded.empty and len(cohort) == 3
+    assert set(cohort["mri_session"]) == {"ses-b"}
+    assert {pet_registered_through(out, s) for s in SUBJECTS} == {"ses-b"}
+    usable, missing = check_caches(cohort, out, ("T1w", "T2w"))
+    assert len(usable) == 3 and missing.empty
+
+
+def test_pet_registered_through_another_session_is_left_out_with_the_reason(
+        fakes: None, tmp_path: Path) -> None:
+    """A participant run for T1w + T2w registers the PET through ses-b; a T1w-only group run
+    pairs it with ses-a (closer, and it has the T1w): that row is not trained on, and says why."""
+    bids, out = two_session_dataset(tmp_path / "bids"), tmp_path / "out"
+    assert participant(bids, out, "--contrasts", "T1w", "T2w") == 0
+    assert {pet_registered_through(out, s) for s in SUBJECTS} == {"ses-b"}
+    cfg = apply_overrides(AppConfig(), {"cohort": {"n_folds": 3, "val_fold": 0, "test_fold": 1}})
+    cohort, _ = build_cohort(collect_inventory(options(bids, out), cfg), cfg)
+    assert set(cohort["mri_session"]) == {"ses-a"}
+    assert all(drv.mri_slice_cache(out, s, "a", "T1w").is_file() for s in SUBJECTS)
+    usable, missing = check_caches(cohort, out, ("T1w",))
+    assert usable.empty and len(missing) == 3
+    assert missing["reason"].str.contains("was registered through ses-b, the cohort pairs it "
+                                          "with ses-a").all()
+    # the cohort with the participant run's contrasts lists what it did
+    cohort, _ = build_cohort(collect_inventory(options(bids, out), cfg), cfg, ("T2w",))
+    assert set(cohort["mri_session"]) == {"ses-b"}
+    assert len(check_caches(cohort, out, ("T1w", "T2w"))[0]) == 3
+
+
+# --------------------------------------------------------------------------- --session-label
+
+
+@pytest.mark.parametrize("label", ["d0129", "d0150"])
+def test_session_label_does_not_orphan_pet_or_mri_in_another_session(
+        fakes: None, tmp_path: Path, label: str, caplog: pytest.LogCaptureFixture) -> None:
+    """OASIS-3 layout: MR ses-d0129, its PiB ses-d0150. Either label processes both."""
+    bids = tmp_path / "oasis"
+    enlarge(clinica_oasis3_dataset(bids).root)
+    out = tmp_path / "out"
+    caplog.set_level("INFO", logger="bids_amyloid")
+    assert participant(bids, out, "--session-label", label) == 0
+    sub = "OAS30001"
+    assert drv.mri_slice_cache(out, sub, "d0129", "T1w").is_file()
+    cache = drv.pet_slice_cache(out, sub, "d0150", "PIB")
+    assert json.loads(drv.sidecar_of(cache).read_text())["MRISession"] == "ses-d0129"
+    made = sorted(p.relative_to(out).as_posix() for p in out.rglob("*_desc-slices_*.npy"))
+    assert made == [f"sub-{sub}/ses-d0129/anat/sub-{sub}_ses-d0129_space-MNI152NLin2009aSym_"
+                    "desc-slices_T1w.npy",
+                    f"sub-{sub}/ses-d0150/pet/sub-{sub}_ses-d0150_trc-PIB_space-MNI152NLin2009aSym_"
+                    "desc-slices_pet.npy"]
+    assert f"--session-label {label}: 1 MRI sessions and 1 PET scans selected" in caplog.text
+    assert "added:" in caplog.text and "FAILED" not in caplog.text
+
+
+# --------------------------------------------------------------------------- the caches' parameters
+
+
+def write_caches(out: Path, cfg: AppConfig, sub: str) -> None:
+    """One MRI and one PET cache of ``sub`` whose sidecars record ``cfg``'s parameters, as the
+    participant level's staging writes them."""
+    rng = np.random.default_rng(int(sub))
+    drv.write_slice_cache(drv.mri_slice_cache(out, sub, "01", "T1w"),
+                          rng.random((3, 8, 8)).astype(np.float32), [1, 2, 3],
+                          {"Parameters": unit_parameters(cfg, "mri")})
+    drv.write_slice_cache(drv.pet_slice_cache(out, sub, "02", "AV45"),
+                          rng.random((5, 8, 8)).astype(np.float32), [0, 1, 2, 3, 4],
+                          {"Parameters": unit_parameters(cfg, "pet"), "MRISession": "ses-01"})
+
+
+def cohort_rows(subjects: list[str]) -> pd.DataFrame:
+    return pd.DataFrame([{"participant_id": f"sub-{s}", "mri_session": "ses-01",
+                          "pet_session": "ses-02", "tracer": "AV45", "centiloid": 30.0,
+                          "label": 1, "days_apart": 10, "split": "train"} for s in subjects])
+
+
+def test_caches_made_with_two_parameter_sets_are_refused_naming_the_fields(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    one = apply_overrides(AppConfig(), {"preproc": {"gamma": 0.8, "n_slices": 30}})
+    other = apply_overrides(one, {"preproc": {"gamma": 1.0, "pet_fwhm_mm": 6.0}})
+    for sub in ("01", "02", "03"):
+        write_caches(out, one, sub)
+    write_caches(out, other, "04")
+    with pytest.raises(InputDataError) as err:
+        cache_parameters(cohort_rows(["01", "02", "03", "04"]), out, ("T1w",))
+    text = str(err.value)
+    assert "(gamma, pet_fwhm_mm)" in text  # the two fields that differ, and only those
+    assert "n_slices" not in text and "skull_strip" not in text
+    assert "gamma: 0.8 (6 files, e.g. sub-01/ses-01/anat/" in text
+    assert "1.0 (2 files, e.g. sub-04/ses-01/anat/sub-04_ses-01_space-MNI152NLin2009aSym_" \
+           "desc-slices_T1w.npy)" in text
+    assert "pet_fwhm_mm: 6.0 (1 files, e.g. sub-04/ses-02/pet/" in text
+    # without sub-04 they agree, and the model records their values, not the run's
+    params = cache_parameters(cohort_rows(["01", "02", "03"]), out, ("T1w",))
+    assert params["gamma"] == 0.8 and params["n_slices"] == 30 and params["pet_fwhm_mm"] == 8.0
+    group = AppConfig()  # a group run without the participant's --config
+    recorded = with_cache_parameters(group, params)
+    assert recorded.preproc.gamma == 0.8 and recorded.preproc.n_slices == 30
+    assert recorded.preproc.slice_range == (0.4, 0.6) and recorded.model == group.model
+
+
+def test_caches_without_recorded_parameters(tmp_path: Path, caplog: pytest.LogCaptureFixture
+                                            ) -> None:
+    out = tmp_path / "out"
+    write_caches(out, AppConfig(), "01")
+    drv.write_slice_cache(drv.mri_slice_cache(out, "02", "01", "T1w"),
+                          np.zeros((3, 8, 8), np.float32), [1, 2, 3], {"Contrast": "T1w"})
+    with pytest.raises(InputDataError, match=r"1 slice caches record no preprocessing "
+                                             r"parameters while others do .*sub-02"):
+        cache_parameters(cohort_rows(["01", "02"]), out, ("T1w",), with_pet=False)
+    assert cache_parameters(cohort_rows(["02"]), out, ("T1w",), with_pet=False) == {}
+    cfg = apply_overrides(AppConfig(), {"preproc": {"gamma": 0.7}})
+    assert with_cache_parameters(cfg, {}) is cfg
+    assert "record no preprocessing parameters" in caplog.text
