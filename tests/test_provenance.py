@@ -19,7 +19,7 @@ from bids_amyloid.bids import collect_inventory
 from bids_amyloid.cli import main
 from bids_amyloid.cohort import build_cohort
 from bids_amyloid.config import AppConfig, apply_overrides
-from bids_amyloid.errors import InputDataError
+from bids_amyloid.errors import UsageError
 from bids_amyloid.options import RunOptions
 from bids_amyloid.participant.outputs import unit_parameters
 from bids_amyloid.train.data import cache_parameters, check_caches, with_cache_parameters
@@ -167,7 +167,7 @@ def test_caches_made_with_two_parameter_sets_are_refused_naming_the_fields(tmp_p
     for sub in ("01", "02", "03"):
         write_caches(out, one, sub)
     write_caches(out, other, "04")
-    with pytest.raises(InputDataError) as err:
+    with pytest.raises(UsageError) as err:
         cache_parameters(cohort_rows(["01", "02", "03", "04"]), out, ("T1w",))
     text = str(err.value)
     assert "(gamma, pet_fwhm_mm)" in text  # the two fields that differ, and only those
@@ -191,7 +191,7 @@ def test_caches_without_recorded_parameters(tmp_path: Path, caplog: pytest.LogCa
     write_caches(out, AppConfig(), "01")
     drv.write_slice_cache(drv.mri_slice_cache(out, "02", "01", "T1w"),
                           np.zeros((3, 8, 8), np.float32), [1, 2, 3], {"Contrast": "T1w"})
-    with pytest.raises(InputDataError, match=r"1 slice caches record no preprocessing "
+    with pytest.raises(UsageError, match=r"1 slice caches record no preprocessing "
                                              r"parameters while others do .*sub-02"):
         cache_parameters(cohort_rows(["01", "02"]), out, ("T1w",), with_pet=False)
     assert cache_parameters(cohort_rows(["02"]), out, ("T1w",), with_pet=False) == {}

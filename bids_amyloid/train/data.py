@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from bids_amyloid import derivatives
 from bids_amyloid.config import AppConfig, ConfigError, apply_overrides, config_to_dict
-from bids_amyloid.errors import InputDataError
+from bids_amyloid.errors import InputDataError, InputMissingError, UsageError
 from bids_amyloid.slice_selection import even_positions
 
 LOG = logging.getLogger(__name__)
@@ -71,18 +71,24 @@ def _finished(path: Path) -> bool:
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
+    """A cache's sidecar; InputMissingError naming it when it cannot be read."""
+    sidecar = derivatives.sidecar_of(path)
     try:
-        meta = json.loads(derivatives.sidecar_of(path).read_text())
+        meta = json.loads(sidecar.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise InputDataError(f"{derivatives.sidecar_of(path)}: cannot read ({err})") from err
+        raise InputMissingError(f"{sidecar}: cannot read the slice cache's sidecar ({err}); "
+                                "re-run the participant level for it") from err
     if not isinstance(meta, dict):
-        raise InputDataError(f"{derivatives.sidecar_of(path)}: not a JSON object")
+        raise InputMissingError(f"{sidecar}: not a JSON object; re-run the participant level")
     return meta
 
 
 def _registered_elsewhere(paths: PairPaths, row: pd.Series, out: Path) -> str | None:
     """Why the row's PET cache does not belong to its MRI session, or None if it does."""
-    through = _sidecar(paths.pet).get("MRISession")
+    try:
+        through = _sidecar(paths.pet).get("MRISession")
+    except InputMissingError as err:
+        return str(err)
     listed = str(row["mri_session"])
     listed = listed if not listed or listed.startswith("ses-") else f"ses-{listed}"
     if through is None or through == listed:
@@ -126,7 +132,8 @@ def cache_parameters(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
     MRI caches record the MRI and slice fields, PET caches all fields; every
     field must have one value across all caches. Raises InputDataError naming
     each differing field with its values and an example file of each, or the
-    caches that record no parameters when others do. Returns ``{}`` when no
+    caches that record no parameters when others do (UsageError: the user
+    re-runs the participant level with one configuration). Returns ``{}`` when no
     cache records parameters (caches not written by the participant level).
     """
     seen: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
@@ -145,7 +152,7 @@ def cache_parameters(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
     if not seen:
         return {}
     if unrecorded:
-        raise InputDataError(
+        raise UsageError(
             f"{len(unrecorded)} slice caches record no preprocessing parameters while others "
             f"do (e.g. {_examples(unrecorded, out)}): re-run the participant level for them")
     differing = {name: by_value for name, by_value in seen.items() if len(by_value) > 1}
@@ -153,7 +160,7 @@ def cache_parameters(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str],
         lines = [f"  {name}: " + " vs ".join(
             f"{text} ({len(files)} files, e.g. {_examples(files, out, 1)})"
             for text, files in sorted(by_value.items())) for name, by_value in sorted(differing.items())]
-        raise InputDataError(
+        raise UsageError(
             "the cohort's slice caches were made with different preprocessing parameters "
             f"({', '.join(sorted(differing))}); a model must see one preprocessing. Re-run "
             "the participant level with one --config for every session:\n" + "\n".join(lines))
@@ -178,8 +185,8 @@ def with_cache_parameters(cfg: AppConfig, params: dict[str, Any]) -> AppConfig:
     try:
         merged = apply_overrides(cfg, {"preproc": params})
     except ConfigError as err:
-        raise InputDataError(f"the slice caches record preprocessing parameters this version "
-                             f"cannot use: {err}") from err
+        raise UsageError(f"the slice caches record preprocessing parameters this version "
+                         f"cannot use: {err}; re-run the participant level") from err
     own, made = config_to_dict(cfg.preproc), config_to_dict(merged.preproc)
     for name in sorted(k for k in made if own.get(k) != made[k]):
         LOG.info("slice caches made with %s = %s (this run's [preproc]: %s); the model files "
@@ -321,3 +328,11 @@ def make_loader(dataset: SliceCacheDataset, batch_size: int, sampler: Sampler[in
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False,
                       num_workers=num_workers, pin_memory=pin_memory,
                       persistent_workers=num_workers > 0, drop_last=False)
+
+
+def cache_config(cohort: pd.DataFrame, out: Path, contrasts: Sequence[str], cfg: AppConfig
+                 ) -> AppConfig:
+    """``cfg`` with the ``[preproc]`` of the slice caches of the cohort rows that can be used
+    (:func:`check_caches`, :func:`cache_parameters`, :func:`with_cache_parameters`)."""
+    usable, _ = check_caches(cohort, out, contrasts, with_pet=True)
+    return with_cache_parameters(cfg, cache_parameters(usable, out, contrasts))
