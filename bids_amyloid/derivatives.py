@@ -348,6 +348,8 @@ class PredictRun:
     evaluation = property(lambda self: self.folder / "evaluation.tsv")
     metrics = property(lambda self: self.folder / "metrics.tsv")
     provenance = property(lambda self: self.folder / "predict.json")
+    report = property(lambda self: self.folder / "report.html")    # summary page of the run
+    reliability_figure = property(lambda self: self.folder / "reliability.png")  # if labelled
     derivatives = property(lambda self: self.folder / "derivatives")
 
     def page(self, sub: str) -> Path:

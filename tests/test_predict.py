@@ -494,3 +494,49 @@ def test_teacher_model_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     bids = mri_only_dataset(tmp_path / "bids", out, {"01": ("T1w",)})
     assert predict(bids, out, teacher) == 64
     assert any("needs PET" in r.getMessage() for r in caplog.records)
+
+
+def test_calibration_and_operating_points_at_predict(tmp_path: Path) -> None:
+    """A model file's calibration and operating points reach predictions.tsv, metrics.tsv and
+    the run's report; decisions and calibrated values checked against the recorded numbers."""
+    from bids_amyloid.models import build_student, save_model
+
+    model = tmp_path / "student_T1w.pt"
+    meta = {"thresholds": {"tau": 0.45},
+            "calibration": {"method": "platt", "slope": 0.5, "intercept": -0.3, "n": 40,
+                            "fitted_on": "validation"},
+            "operating_points": {"0.5": 0.5, "tau": 0.45, "rule_out": 0.3, "rule_in": 0.7},
+            "operating_point_rates": {"fitted_on": "validation", "n": 40,
+                                      "rule_out": {"sensitivity": 0.92, "npv": 0.9}}}
+    save_model(model, build_student(CFG, ("T1w",)), CFG, meta)
+    out, b = tmp_path / "out", BidsBuilder(tmp_path / "bids")
+    for i in range(1, 9):
+        sub = f"{i:02d}"
+        raw = b.anat(sub, "01", "T1w")
+        b.pet(sub, "02", "AV45")
+        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
+                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
+                          "centiloid": 50.0 if i % 2 else 3.0}])
+        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=i)
+    drv.init_output(out, b.root)
+    assert predict(b.root, out, model) == 0
+    folder = out / "predict" / "student_T1w"
+    table = pd.read_csv(folder / "predictions.tsv", sep="\t")
+    p = table["probability"].to_numpy(float)
+    logit = np.log(p / (1 - p))
+    assert np.allclose(table["probability_calibrated"], 1 / (1 + np.exp(-(0.5 * logit - 0.3))))
+    for column, threshold in (("positive_at_0.5", 0.5), ("positive_at_tau", 0.45),
+                              ("positive_at_rule_out", 0.3), ("positive_at_rule_in", 0.7)):
+        assert (table[column] == (p > threshold).astype(int)).all(), column
+    assert (table["rule_out_threshold"] == 0.3).all() and (table["rule_in_threshold"] == 0.7).all()
+    # no training-cohort reference in this file: said, not flagged
+    assert table["reliability"].str.startswith("ok (not checked").all()
+    metrics = pd.read_csv(folder / "metrics.tsv", sep="\t").set_index("set")
+    labels = np.array([1, 0] * 4)
+    assert metrics.loc["all", "brier_raw"] == pytest.approx(np.mean((p - labels) ** 2))
+    assert metrics.loc["all", "pet_avoided@rule_out"] == pytest.approx(np.mean(p <= 0.3))
+    assert metrics.loc["all", "threshold@rule_in"] == 0.7
+    report = (folder / "report.html").read_text()
+    assert "rule-out" in report and "data:image/png;base64," in report
+    assert (folder / "reliability.png").stat().st_size > 0
+    assert "Operating points of the model" in (folder / "sub-01.html").read_text()

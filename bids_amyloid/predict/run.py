@@ -17,6 +17,7 @@ from bids_amyloid.io import remove_stale_temporaries, write_json, write_tsv
 from bids_amyloid.options import RunOptions
 from bids_amyloid.predict.inference import infer
 from bids_amyloid.predict.model import SEEN_SPLITS, PredictModel, load_predict_model
+from bids_amyloid.predict.pages import write_run_page
 from bids_amyloid.predict.plan import (
     SessionPlan,
     locate_caches,
@@ -108,11 +109,14 @@ def run_predict(opts: RunOptions, cfg: AppConfig) -> int:
     warn_seen_subjects(predictions, opts)
 
     evaluation = evaluation_table(inv, ready, predictions, model)
+    metrics = None
     if not evaluation.empty:
         write_tsv(files.evaluation, evaluation)
-        write_tsv(files.metrics, metrics_table(evaluation, model, cfg))
+        metrics = metrics_table(evaluation, model, cfg)
+        write_tsv(files.metrics, metrics)
         LOG.info("metrics on %d labelled MRI–PET pairs written to %s", len(evaluation),
                  files.metrics)
+    write_run_page(predictions, model, files, evaluation, metrics)
     if opts.saliency and ready:
         from bids_amyloid.predict.saliency import write_saliency
 
