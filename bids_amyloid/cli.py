@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--ablate", nargs="+", choices=ABLATIONS, default=[],
                      help="leave out a part of the protocol; no-teacher: the MRI-only student "
                           "trained with its classification loss alone (the baseline)")
+    grp.add_argument("--cv", type=int, metavar="K",
+                     help="K-fold cross-validation over subjects: one run per outer fold "
+                          "(fold-<k>/), out-of-fold predictions, pooled AUC, and an ensemble "
+                          "of the K students for predict (K ≥ 3)")
     grp.add_argument("--cl-gap", type=float, help="Centiloid gap for triplet negatives (default 5)")
     grp.add_argument("--deterministic", action="store_true", help="bitwise-reproducible on CPU")
     grp.add_argument("--backbone", help="biomedclip (default) or a timm ViT name (random init)")
@@ -235,6 +239,7 @@ def config_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         ("train", "device"): args.device,
         ("train", "deterministic"): True if args.deterministic else None,
         ("train", "ablate"): tuple(args.ablate) if args.ablate else None,
+        ("train", "cv_folds"): args.cv,
     }
     thresholds = parse_tracer_thresholds(args.tracer_thresholds)
     if thresholds:

@@ -297,6 +297,7 @@ class TrainConfig:
     # screening operating points chosen on validation (evaluation.operating_points)
     rule_out_sensitivity: float = 0.90  # rule-out: highest threshold keeping sensitivity ≥ this
     rule_in_specificity: float = 0.90  # rule-in: lowest threshold keeping specificity ≥ this
+    cv_folds: int = 0  # group --cv K: K outer folds over subjects, one run each (0: one split)
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,9 @@ def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
     low, high = pp.slice_range
     if not 0 <= low < high <= 1:
         yield "preproc.slice_range", f"need 0 ≤ low < high ≤ 1, got {pp.slice_range}"
+    if cfg.train.cv_folds != 0 and cfg.train.cv_folds < 3:
+        yield "train.cv_folds", (f"0 (one split) or ≥ 3 (a test, a validation and a training "
+                                 f"fold each), got {cfg.train.cv_folds!r}")
     for key in ("rule_out_sensitivity", "rule_in_specificity"):
         if not 0 < getattr(cfg.train, key) <= 1:
             yield f"train.{key}", f"must be in (0, 1], got {getattr(cfg.train, key)!r}"

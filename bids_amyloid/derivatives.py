@@ -248,6 +248,8 @@ def init_output(out: Path, source: Path | None = None) -> None:
 #                           config.toml teacher.pt student_<C>.pt student_<C>_best-cosine.pt
 #                           training.tsv metrics.tsv predictions.tsv report.html *.png
 #                           checkpoints/<phase>/ (last.pt, best_<key>.pt, history.json)
+#                           --cv K: fold-<k>/ (a run each, plus fold.json), cv_metrics.tsv
+#                           oof_predictions.tsv student_<C>_ensemble.pt
 #   OUT/predict/<model>/    predictions.tsv excluded.tsv evaluation.tsv metrics.tsv
 #                           predict.json sub-XX.html, saliency maps (BIDS names below it),
 #                           derivatives/ (MRI preprocessed with the model's parameters)
@@ -323,6 +325,19 @@ class GroupRun:
     def checkpoints(self, phase: str) -> Path:
         """``checkpoints/<phase>/``: the files of :class:`CheckpointFolder`."""
         return self.folder / "checkpoints" / phase
+
+    # --cv K: one group run per outer fold in fold-<k>/, then the pooled results
+    cv_metrics = property(lambda self: self.folder / "cv_metrics.tsv")
+    oof_predictions = property(lambda self: self.folder / "oof_predictions.tsv")
+    fold_record = property(lambda self: self.folder / "fold.json")   # in fold-<k>/: finished
+
+    def fold(self, k: int) -> GroupRun:
+        """The run of outer fold ``k`` under ``--cv``, ``fold-<k>/``."""
+        return GroupRun(self.folder / f"fold-{k}")
+
+    def ensemble(self, contrasts: tuple[str, ...], selection: str = "") -> Path:
+        """The ``--cv`` ensemble of the folds' students, ``student_<C>[_<selection>-]ensemble.pt``."""
+        return self.student(contrasts, f"{selection}-ensemble" if selection else "ensemble")
 
     def figure(self, name: str) -> Path:
         """A report figure (``roc_test``, ``roc_epochs``, ``training_curves``) as PNG."""

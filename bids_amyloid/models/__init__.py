@@ -33,6 +33,9 @@ _EXPORTS = {
     "load_model": "checkpoint",
     "read_model_file": "checkpoint",
     "save_model": "checkpoint",
+    "EnsembleNetwork": "ensemble",
+    "load_any_model": "ensemble",
+    "save_ensemble": "ensemble",
 }
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "Backbone",
     "BackboneInfo",
     "BackboneWeightsError",
+    "EnsembleNetwork",
     "ModelFileError",
     "ModelOutput",
     "Student",
@@ -51,11 +55,13 @@ __all__ = [
     "build_student",
     "build_teacher",
     "drop_contrasts",
+    "load_any_model",
     "load_model",
     "locate_weights",
     "lora_parameters",
     "prepare_slices",
     "read_model_file",
+    "save_ensemble",
     "save_model",
 ]
 
@@ -73,6 +79,7 @@ if TYPE_CHECKING:
         read_model_file,
         save_model,
     )
+    from bids_amyloid.models.ensemble import EnsembleNetwork, load_any_model, save_ensemble
     from bids_amyloid.models.inputs import prepare_slices
     from bids_amyloid.models.lora import apply_lora, lora_parameters
     from bids_amyloid.models.networks import (

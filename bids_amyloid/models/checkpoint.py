@@ -63,6 +63,7 @@ LOG = logging.getLogger(__name__)
 
 FORMAT = "bids-amyloid-model"
 FORMAT_VERSION = 2    # 2: LoRA adapters per q/k/v slice (models.lora); 1 had one on qkv
+ENSEMBLE_FORMAT = "bids-amyloid-ensemble"   # group --cv: members by file hash (models.ensemble)
 REQUIRED = ("role", "contrasts", "config", "backbone", "lora_blocks", "state_dict", "meta")
 PACKAGES = ("bids-amyloid", "torch", "timm", "open_clip_torch", "numpy")
 BACKBONE_PREFIX = "backbone."
@@ -164,13 +165,9 @@ def save_model(path: Path | str, model: AmyloidNetwork, cfg: AppConfig,
     return path
 
 
-def read_model_file(path: Path | str) -> dict[str, Any]:
-    """The validated payload of a model file, without building the model.
-
-    Cheap enough to read a model's contrasts, configuration or training
-    participants before loading any weights.
-    """
-    path = Path(path)
+def load_payload(path: Path) -> Any:
+    """What ``torch.load(path, weights_only=True)`` reads; a clear error for a missing, unsafe
+    or unreadable file (model and ensemble files alike)."""
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     try:
@@ -183,6 +180,20 @@ def read_model_file(path: Path | str) -> dict[str, Any]:
     except Exception as err:  # malformed bytes make the unpickler raise almost anything
         raise ModelFileError(f"{path}: not a readable model file "
                              f"({type(err).__name__}: {err})") from err
+    return payload
+
+
+def read_model_file(path: Path | str) -> dict[str, Any]:
+    """The validated payload of a model file, without building the model.
+
+    Cheap enough to read a model's contrasts, configuration or training
+    participants before loading any weights.
+    """
+    path = Path(path)
+    payload = load_payload(path)
+    if isinstance(payload, dict) and payload.get("format") == ENSEMBLE_FORMAT:
+        raise ModelFileError(f"{path} is an ensemble of students (group --cv), which only "
+                             "predict takes; give one member file (fold-<k>/student_*.pt) here")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a bids-amyloid model file (no format = {FORMAT!r})")
     version = payload.get("format_version")

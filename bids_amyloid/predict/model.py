@@ -79,14 +79,17 @@ def cohort_splits(meta: dict[str, Any]) -> dict[str, str] | None:
 
 
 def load_predict_model(path: Path, cfg: AppConfig) -> PredictModel:
-    """Load a model file for inference; the loader's errors (exit 64/66) propagate."""
+    """Load a model file, or a ``group --cv`` ensemble file (members checked against their
+    recorded hashes; its meta's splits are the union over members, so a subject in any
+    member's train or val is flagged), for inference; the loader's errors (exit 64/66)
+    propagate."""
     from bids_amyloid.device import resolve_device
-    from bids_amyloid.models import load_model
+    from bids_amyloid.models import load_any_model
     from bids_amyloid.weights import sha256_of
 
     device = str(resolve_device(cfg.train.device))
-    network, model_cfg, meta = load_model(path, device=device,
-                                          backbone_weights=cfg.model.backbone_weights)
+    network, model_cfg, meta = load_any_model(path, device=device,
+                                              backbone_weights=cfg.model.backbone_weights)
     if getattr(network, "role", "student") != "student":
         raise UsageError(f"{path} is a {network.role} model, which needs PET; predict takes an "
                          "MRI-only student (student_<contrasts>.pt from the group level)")

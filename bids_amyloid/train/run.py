@@ -24,9 +24,14 @@
                                      ``done.json`` (names: ``derivatives.CheckpointFolder``)
 ==================================== ==========================================================
 
+With ``--cv K`` (:mod:`.cv`) the run folder holds ``cohort.tsv`` and
+``config.toml``, one run as above per outer fold in ``fold-<k>/``, and
+``oof_predictions.tsv``, ``cv_metrics.tsv`` and ``student_<C>_ensemble.pt``.
+
 The pieces: :mod:`.plan` (phases, teacher contrasts), :mod:`.context` (the
 run's cohort and datasets), :mod:`.stages` (training and model files),
-:mod:`.outputs` (evaluation and report), :mod:`.dist` (DDP). Under
+:mod:`.outputs` (evaluation and report), :mod:`.cv` (cross-validation),
+:mod:`.dist` (DDP). Under
 ``torchrun`` every rank trains on its share of each epoch's weighted draw
 (DDP, gloo on CPU, NCCL on CUDA); only rank 0 writes.
 """
@@ -40,6 +45,7 @@ import torch
 from bids_amyloid.config import AppConfig, apply_overrides, dump_config
 from bids_amyloid.derivatives import GroupRun
 from bids_amyloid.device import resolve_device
+from bids_amyloid.errors import UsageError
 from bids_amyloid.io import write_text
 from bids_amyloid.options import RunOptions
 from bids_amyloid.train.context import Run, make_datasets, prepare_cohort
@@ -54,6 +60,9 @@ LOG = logging.getLogger(__name__)
 def run_group(opts: RunOptions, cfg: AppConfig) -> int:
     """Group level: train the stages ``opts.stage`` asks for, then evaluate and report."""
     phases = plan_phases(opts.stage, cfg.train.ablate, opts.teacher is not None)
+    if cfg.train.cv_folds and opts.stage != "all":
+        raise UsageError(f"--cv trains every stage in each fold: use it with --stage all, not "
+                         f"--stage {opts.stage}")
     want_cuda = cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available())
     with deterministic(cfg.train.deterministic), distributed(want_cuda) as dist:
@@ -75,6 +84,15 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
                       f"cohort uses their union\n")
             write_text(GroupRun(folder).config, header + dump_config(cfg))
         cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
+        if cfg.train.cv_folds:
+            from bids_amyloid.train.cv import run_cv
+
+            base = Run(opts=opts, cfg=cfg, dist=dist, device=device, folder=folder,
+                       teacher_contrasts=teacher_c, student_contrasts=student_c, data={},
+                       cohort=cohort)
+            run_cv(base, cohort, phases, all_c)
+            dist.barrier()
+            return 0
         data, usable = make_datasets(cohort, opts.output_dir, all_c, cfg, folder, dist.rank == 0)
         run = Run(opts=opts, cfg=cfg, dist=dist, device=device, folder=folder,
                   teacher_contrasts=teacher_c, student_contrasts=student_c, data=data,
