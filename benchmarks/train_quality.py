@@ -1,27 +1,39 @@
-"""Quality check of the group level on a simulated cohort, with every ablation.
+"""Does the MRI-only student learn? The group level on a simulated cohort, every variant.
 
-Acceptance (issue 5): on ≥ 60 simulated subjects the PET-seeing teacher
-reaches validation AUC ≥ 0.9; report the student's test AUC with its 95 %
-subject-bootstrap CI, and the same for each ablation. Each variant is one
-``bids-amyloid ... group --stage all`` run (same cohort.tsv, so same splits):
+Each variant is one ``bids-amyloid BIDS OUT group --stage all`` run on the same
+``cohort.tsv`` (built once by the baseline, copied to the others: same pairs,
+same splits, same test subjects):
 
-    baseline, no-pretrain, no-triplet, no-feature-kd, no-logit-kd, cl-gap 0, cl-gap 10
+    baseline, no-teacher, no-pretrain, no-triplet, no-feature-kd, no-logit-kd,
+    cl-gap-0, cl-gap-10, shuffled
 
-(no-feature-kd / no-logit-kd change phase 3 only: they distil the baseline's
-teacher via ``--teacher``, which is the same teacher they would retrain.)
+``shuffled`` is the label-shuffled control: Centiloid and label permuted within
+each split of a copy of the baseline's ``cohort.tsv``
+(``tests/train_fixtures.shuffle_labels``), everything else identical; its AUC is
+on its own (permuted) test labels, so it must be at chance.
 
-Three ways to get the participant-level outputs it needs::
+Printed, on the same test subjects: the oracle AUC (the best any MRI-only model
+can do: :mod:`bids_amyloid.sim.oracle`, from the simulator's truth), the
+teacher's AUC, each student's AUC with its 95 % subject-bootstrap CI, and the
+paired subject-bootstrap difference student − no-teacher student with its CI.
+Checks (issue 15): teacher ≥ 0.95; student CI low > 0.5 and student within 0.10
+of the oracle; the shuffled control's CI holds 0.5.
 
-    # 1. a simulated BIDS cohort already preprocessed with the participant level
+Data, three ways::
+
+    # 1. a simulated cohort already through the participant level
     python benchmarks/train_quality.py --bids SIM --out OUT
-    # 2. simulate and preprocess here first (hours on 2 cores: ~1 min per MRI session)
-    python benchmarks/train_quality.py --bids SIM --out OUT --simulate 60 --nprocs 8
-    # 3. synthetic slice caches (tests/train_fixtures.py; no preprocessing) — checks
-    #    the training side only
-    python benchmarks/train_quality.py --out OUT --synthetic 60
+    # 2. simulate N subjects (``--size small``) and run the participant level first
+    python benchmarks/train_quality.py --bids SIM --out OUT --simulate 160 --nprocs 2
+    # 3. synthetic slice caches (tests/train_fixtures.py; no oracle, training side only)
+    python benchmarks/train_quality.py --out OUT --synthetic 100
 
-``--config`` sets the schedule (default: the paper's; a short one is
-``--epochs 8 4 12``). Results go to ``OUT/group/quality.tsv`` and stdout.
+The participant level of way 2 uses :data:`PREP_TOML` (deepbet, 2 mm template,
+16 slices of 112 px, cheaper PET registration). The group runs use
+:data:`GROUP_TOML` unless ``--config`` is given: vit_tiny from scratch, 112 px,
+8 slices, epochs 8/3/12 (``--epochs``), and the small-cohort phase-3 settings
+(``reinit_gain = 0``, ``accumulation = 1``; see ``train.phases.head_budget``).
+Results: ``OUT/group/quality.tsv`` and stdout, with each run's wall time.
 """
 
 from __future__ import annotations
@@ -33,38 +45,73 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 VARIANTS: dict[str, list[str]] = {
     "baseline": [],
+    "no-teacher": ["--ablate", "no-teacher"],
     "no-pretrain": ["--ablate", "no-pretrain"],
     "no-triplet": ["--ablate", "no-triplet"],
     "no-feature-kd": ["--ablate", "no-feature-kd"],
     "no-logit-kd": ["--ablate", "no-logit-kd"],
     "cl-gap-0": ["--cl-gap", "0"],
     "cl-gap-10": ["--cl-gap", "10"],
+    "shuffled": [],
 }
-REUSE_TEACHER = ("no-feature-kd", "no-logit-kd")
+REUSE_TEACHER = ("no-feature-kd", "no-logit-kd")  # phase 3 only: distil the baseline's teacher
+PREP_TOML = """\
+[preproc]
+skull_strip = "deepbet"
+template_resolution = 2
+n_slices = 16
+slice_size = 112
+pet_registration_shrink = [4, 2]
+pet_registration_smoothing = [2.0, 1.0]
+pet_registration_iterations = [100, 30]
+pet_realign = false
+"""
+GROUP_TOML = """\
+[model]
+backbone = "vit_tiny_patch16_224"
+image_size = 112
+
+[train]
+n_train_slices = 8
+bootstrap = 1000
+amp = false
+
+[pretrain]
+max_epochs = {p1}
+lr = 2e-4
+
+[contrastive]
+max_epochs = {p2}
+accumulation = 1
+lr_backbone = 2e-5
+lr_classifier = 1e-4
+
+[distill]
+max_epochs = {p3}
+accumulation = 1
+reinit_gain = 0.0
+"""
 
 
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="participant-level output folder")
-    p.add_argument("--bids", type=Path, help="the (simulated) BIDS dataset")
+    p.add_argument("--bids", type=Path, help="the simulated BIDS dataset")
     p.add_argument("--simulate", type=int, metavar="N", help="simulate N subjects into --bids first")
+    p.add_argument("--seed", type=int, default=7, help="simulation seed")
     p.add_argument("--synthetic", type=int, metavar="N", help="synthetic caches for N subjects")
-    p.add_argument("--nuisance", type=float, default=0.06,
-                   help="--synthetic: label-independent MRI variation (sd; the signal is 0.08)")
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--config", type=Path, help="TOML for the group runs")
-    p.add_argument("--epochs", type=int, nargs=3, metavar=("P1", "P2", "P3"),
-                   help="max epochs of the three phases (written into a config)")
-    p.add_argument("--backbone", default="vit_tiny_patch16_224")
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--config", type=Path, help="TOML for the group runs (default: GROUP_TOML)")
+    p.add_argument("--epochs", type=int, nargs=3, default=(8, 3, 12), metavar=("P1", "P2", "P3"))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="cpu")
     return p.parse_args()
 
 
@@ -80,88 +127,168 @@ def prepare_data(args: argparse.Namespace) -> Path:
     if args.synthetic:
         from train_fixtures import synthetic_run
 
-        bids, _ = synthetic_run(args.out, n_subjects=args.synthetic, size=args.image_size,
-                                n_kept=36, run_name="baseline", nuisance=args.nuisance)
+        bids, _ = synthetic_run(args.out, n_subjects=args.synthetic, size=112, n_kept=16,
+                                run_name="baseline", nuisance=0.04)
         return bids
     if args.bids is None:
         raise SystemExit("--bids is needed unless --synthetic is given")
     if args.simulate:
+        start = time.perf_counter()
         subprocess.run([sys.executable, "-m", "bids_amyloid.simulate", str(args.bids),
-                        "--subjects", str(args.simulate), "--nprocs", str(args.nprocs)],
-                       check=True)
+                        "--subjects", str(args.simulate), "--size", "small", "--seed",
+                        str(args.seed), "--nprocs", str(args.nprocs)], check=True)
+        prep = args.out.parent / f"{args.out.name}_participant.toml"
+        prep.write_text(PREP_TOML)
         code = call([str(args.bids), str(args.out), "participant", "--nprocs", str(args.nprocs),
-                     "--skip-bids-validation"])
+                     "--config", str(prep), "--skip-bids-validation"])
         if code not in (0, 1):
             raise SystemExit(f"participant level failed with exit code {code}")
+        print(f"simulation + participant level: {(time.perf_counter() - start) / 60:.1f} min")
     return args.bids
 
 
-def write_config(args: argparse.Namespace) -> Path | None:
-    if args.epochs is None:
+def group_config(args: argparse.Namespace) -> Path:
+    if args.config is not None:
         return args.config
-    text = args.config.read_text() if args.config else ""
-    p1, p2, p3 = args.epochs
-    text += (f"\n[pretrain]\nmax_epochs = {p1}\n[contrastive]\nmax_epochs = {p2}\n"
-             f"[distill]\nmax_epochs = {p3}\n")
     path = args.out / "group" / "quality.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    p1, p2, p3 = args.epochs
+    path.write_text(GROUP_TOML.format(p1=p1, p2=p2, p3=p3))
     return path
 
 
-def summarise(run: Path, variant: str, seconds: float) -> dict[str, object]:
-    metrics = pd.read_csv(run / "metrics.tsv", sep="\t")
+def student_predictions(run: Path, variant: str) -> pd.DataFrame:
+    """The student's (best val F1@τ) test predictions of one run."""
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
+    students = sorted({m for m in preds["model"] if m.startswith("student_")
+                       and "best-cosine" not in m})
+    if variant == "no-teacher":
+        students = [m for m in students if m.endswith("no-teacher")]
+    if len(students) != 1:
+        raise RuntimeError(f"{run}: expected one student in predictions.tsv, found {students}")
+    return preds[(preds["model"] == students[0]) & (preds["split"] == "test")]
 
-    def pick(model: str, split: str) -> pd.Series:
-        rows = metrics[(metrics["model"] == model) & (metrics["split"] == split)]
-        return rows.iloc[0] if len(rows) else pd.Series(dtype=float)
 
-    student = next(m for m in metrics["model"] if m.startswith("student_") and "cosine" not in m)
-    teacher_val, st_test = pick("teacher", "val"), pick(student, "test")
-    cos_test = pick(f"{student}_best-cosine", "test")
-    return {"variant": variant, "teacher_val_auc": teacher_val.get("auc"),
-            "student_test_auc": st_test.get("auc"), "ci_low": st_test.get("auc_ci_low"),
-            "ci_high": st_test.get("auc_ci_high"), "student_test_f1@tau": st_test.get("f1@tau"),
-            "best_cosine_test_auc": cos_test.get("auc"), "minutes": seconds / 60}
+def with_ci(test: pd.DataFrame, n_boot: int = 1000) -> tuple[float, float, float]:
+    from bids_amyloid.evaluation import auc_with_ci
+
+    return auc_with_ci(test["label"].to_numpy(), test["probability"].to_numpy(),
+                       test["participant_id"].tolist(), n_boot=n_boot)
+
+
+def paired_difference(a: pd.DataFrame, b: pd.DataFrame, n_boot: int = 1000, seed: int = 42
+                      ) -> tuple[float, float, float]:
+    """AUC(a) − AUC(b) on the same test pairs, with a paired subject-bootstrap 95 % CI."""
+    from bids_amyloid.evaluation import auc, bootstrap_resamples
+
+    keys = ["participant_id", "mri_session", "pet_session"]
+    both = a.merge(b, on=keys, suffixes=("_a", "_b"), validate="one_to_one")
+    if len(both) != len(a) or len(both) != len(b):
+        raise RuntimeError("the two runs were not evaluated on the same test pairs")
+    y = both["label_a"].to_numpy()
+    pa, pb = both["probability_a"].to_numpy(), both["probability_b"].to_numpy()
+    diffs = [auc(y[i], pa[i]) - auc(y[i], pb[i])
+             for i in bootstrap_resamples(both["participant_id"].tolist(), n_boot, seed)
+             if np.unique(y[i]).size == 2]
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    return auc(y, pa) - auc(y, pb), float(low), float(high)
+
+
+def oracle_on(bids: Path, test: pd.DataFrame) -> float:
+    from bids_amyloid.sim.oracle import oracle_auc
+
+    sessions = list(zip(test["participant_id"], test["mri_session"], strict=True))
+    return oracle_auc(bids, sessions, test["label"].to_numpy())
+
+
+def teacher_auc(run: Path) -> tuple[float, float, float]:
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
+    return with_ci(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
+
+
+def run_variant(args: argparse.Namespace, bids: Path, config: Path, variant: str) -> float:
+    """One group run; returns its wall time (s)."""
+    from train_fixtures import shuffle_labels
+
+    group = args.out / "group"
+    run = group / variant
+    base = group / "baseline" / "cohort.tsv"
+    if variant != "baseline":
+        if not base.is_file():
+            raise SystemExit(f"{variant} needs the baseline's {base}: run the baseline first")
+        run.mkdir(parents=True, exist_ok=True)
+        shutil.copy(base, run / "cohort.tsv")
+        if variant == "shuffled":
+            raw = pd.read_csv(base, sep="\t", dtype=str, keep_default_na=False)
+            shuffle_labels(raw, seed=1).to_csv(run / "cohort.tsv", sep="\t", index=False)
+    extra = list(VARIANTS[variant])
+    if variant in REUSE_TEACHER:
+        extra += ["--teacher", str(group / "baseline" / "teacher.pt")]
+    start = time.perf_counter()
+    code = call([str(bids), str(args.out), "group", "--stage", "all", "--run-name", variant,
+                 "--config", str(config), "--device", args.device, "--deterministic", "-q",
+                 *extra])
+    if code != 0:
+        raise SystemExit(f"{variant}: group run failed with exit code {code}")
+    return time.perf_counter() - start
+
+
+def summarise(args: argparse.Namespace, bids: Path, seconds: dict[str, float]) -> pd.DataFrame:
+    group = args.out / "group"
+    done = [v for v in VARIANTS if (group / v / "predictions.tsv").is_file()]
+    tests = {v: student_predictions(group / v, v) for v in done}
+    base = tests["baseline"]
+    rows: list[dict[str, object]] = []
+    if not args.synthetic:
+        rows.append({"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, base)})
+    for variant in done:
+        if variant not in REUSE_TEACHER and variant != "no-teacher":
+            t, lo, hi = teacher_auc(group / variant)
+            rows.append({"row": f"teacher [{variant}]", "auc": t, "ci_low": lo, "ci_high": hi})
+    for variant in done:
+        value, lo, hi = with_ci(tests[variant])
+        rows.append({"row": f"student [{variant}]", "auc": value, "ci_low": lo, "ci_high": hi,
+                     "n_test": len(tests[variant]),
+                     "prob_sd": f"{tests[variant]['probability'].std():.2g}",
+                     "minutes": seconds.get(variant, float("nan")) / 60})
+    if "no-teacher" in tests:
+        d, lo, hi = paired_difference(base, tests["no-teacher"])
+        rows.append({"row": "student − no-teacher (paired)", "auc": d, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
+
+
+def verdict(table: pd.DataFrame) -> list[str]:
+    get = table.set_index("row")
+    lines = []
+    if "teacher [baseline]" in get.index:
+        lines.append(f"teacher ≥ 0.95: {get.loc['teacher [baseline]', 'auc'] >= 0.95}")
+    student = get.loc["student [baseline]"]
+    lines.append(f"student CI low > 0.5: {student['ci_low'] > 0.5}")
+    if "oracle (MRI-only, simulator truth)" in get.index:
+        gap = get.loc["oracle (MRI-only, simulator truth)", "auc"] - student["auc"]
+        lines.append(f"student within 0.10 of the oracle: {gap <= 0.10} (gap {gap:.3f})")
+    if "student [shuffled]" in get.index:
+        s = get.loc["student [shuffled]"]
+        lines.append(f"shuffled control's CI holds 0.5: {s['ci_low'] <= 0.5 <= s['ci_high']}")
+    return lines
 
 
 def main() -> None:
     args = parse()
     args.out.mkdir(parents=True, exist_ok=True)
     bids = prepare_data(args)
-    config = write_config(args)
-    common = ["--backbone", args.backbone, "--device", args.device, "--deterministic", "-q"]
-    if config is not None:
-        common += ["--config", str(config)]
-    rows = []
-    for variant in args.variants:
-        run = args.out / "group" / variant
-        baseline_cohort = args.out / "group" / "baseline" / "cohort.tsv"
-        if variant != "baseline" and baseline_cohort.is_file():
-            run.mkdir(parents=True, exist_ok=True)
-            shutil.copy(baseline_cohort, run / "cohort.tsv")
-        extra = list(VARIANTS[variant])
-        teacher = args.out / "group" / "baseline" / "teacher.pt"
-        if variant in REUSE_TEACHER and teacher.is_file():
-            extra += ["--teacher", str(teacher)]
-        start = time.perf_counter()
-        code = call([str(bids), str(args.out), "group", "--stage", "all", "--run-name", variant,
-                     *common, *extra])
-        if code != 0:
-            print(f"{variant}: group run failed with exit code {code}")
+    config = group_config(args)
+    seconds: dict[str, float] = {}
+    order = ["baseline", *[v for v in args.variants if v != "baseline"]]
+    for variant in order:
+        if variant == "baseline" and "baseline" not in args.variants:
             continue
-        row = summarise(run, variant, time.perf_counter() - start)
-        if variant in REUSE_TEACHER:
-            base = next((r for r in rows if r["variant"] == "baseline"), None)
-            row["teacher_val_auc"] = base["teacher_val_auc"] if base else float("nan")
-        rows.append(row)
-        print(pd.DataFrame([row]).to_string(index=False, float_format="%.3f"), flush=True)
-    table = pd.DataFrame(rows)
+        seconds[variant] = run_variant(args, bids, config, variant)
+        print(f"--- {variant}: {seconds[variant] / 60:.1f} min", flush=True)
+    table = summarise(args, bids, seconds)
     table.to_csv(args.out / "group" / "quality.tsv", sep="\t", index=False, float_format="%.4f")
-    print("\n" + table.to_string(index=False, float_format="%.3f"))
-    if len(table):
-        ok = bool((table.loc[table["variant"] == "baseline", "teacher_val_auc"] >= 0.9).all())
-        print(f"\nteacher validation AUC ≥ 0.9 (baseline): {'yes' if ok else 'NO'}")
+    print("\n" + table.to_string(index=False, float_format="%.3f", na_rep=""))
+    print("\n" + "\n".join(verdict(table)))
 
 
 if __name__ == "__main__":
