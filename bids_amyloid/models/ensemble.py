@@ -65,6 +65,8 @@ class EnsembleNetwork(nn.Module):
 
     ``logit`` is the logit of the mean probability; ``embedding`` the members'
     embeddings side by side ``(B, K·128)``; ``pool_weights`` their mean.
+    ``backbone`` is the first member's: predict's saliency maps of an ensemble
+    are the ensemble's input gradient, and HiResCAM on the first member's last block.
     """
 
     role = "student"
