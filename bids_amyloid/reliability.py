@@ -135,6 +135,49 @@ def reference_meta(train_embeddings: np.ndarray, val_embeddings: np.ndarray | No
             "n_qc_sessions": sum(r is not None for r in qc_records)}
 
 
+def ensemble_entry(member_entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``reliability`` entry of an ensemble from its members' entries (each member's model
+    file holds one): every member's embedding reference, in member order (the ensemble's
+    embedding is the members' side by side), and per QC number the median of the members'
+    floors."""
+    if not member_entries:
+        raise ValueError("an ensemble's reliability entry needs its members' entries")
+    floors: dict[str, dict[str, list[float]]] = {}
+    for entry in member_entries:
+        for contrast, keys in entry.get("qc_low", {}).items():
+            for key, value in keys.items():
+                floors.setdefault(contrast, {}).setdefault(key, []).append(float(value))
+    return {"members": [entry["embedding"] for entry in member_entries],
+            "qc_low": {c: {k: float(np.median(v)) for k, v in keys.items()}
+                       for c, keys in floors.items()},
+            "qc_percentile": QC_PERCENTILE}
+
+
+def embedding_reasons(entry: dict[str, Any], embedding: np.ndarray) -> list[str]:
+    """Why an embedding (1, D) is outside the training cohort's range (empty: inside).
+
+    An ensemble's entry (``members``) splits it into the members' embeddings; it is
+    flagged when most members place it beyond their limit.
+    """
+    if "members" in entry:
+        refs = [EmbeddingReference.from_meta(m) for m in entry["members"]]
+        parts = np.split(np.atleast_2d(embedding), np.cumsum([r.mean.size for r in refs])[:-1],
+                         axis=1)
+        beyond = [float(r.distance(part)[0]) > r.limit for r, part in zip(refs, parts,
+                                                                           strict=True)]
+        if sum(beyond) * 2 > len(refs):
+            return [f"student embedding beyond its training cohort's "
+                    f"{EMBEDDING_PERCENTILE:g}th-percentile distance for {sum(beyond)} of "
+                    f"{len(refs)} ensemble members"]
+        return []
+    ref = EmbeddingReference.from_meta(entry["embedding"])
+    dist = float(ref.distance(embedding)[0])
+    if dist > ref.limit:
+        return [f"student embedding distance {dist:.2f} to the training cohort beyond its "
+                f"{EMBEDDING_PERCENTILE:g}th percentile {ref.limit:.2f}"]
+    return []
+
+
 def qc_reasons(record: dict[str, Any] | None, contrasts: tuple[str, ...],
                low: dict[str, dict[str, float]]) -> list[str]:
     """Why a session's preprocessing QC is outside the training cohort's range (empty: fine)."""
@@ -170,12 +213,8 @@ def session_reliability(meta: dict[str, Any], embedding: np.ndarray | None,
     if not isinstance(entry, dict):
         return reliability_label([], ["the model file records no training-cohort reference"])
     reasons, unchecked = [], []
-    if embedding is not None and "embedding" in entry:
-        ref = EmbeddingReference.from_meta(entry["embedding"])
-        dist = float(ref.distance(embedding)[0])
-        if dist > ref.limit:
-            reasons.append(f"student embedding distance {dist:.2f} to the training cohort "
-                           f"beyond its {EMBEDDING_PERCENTILE:g}th percentile {ref.limit:.2f}")
+    if embedding is not None and ("embedding" in entry or "members" in entry):
+        reasons.extend(embedding_reasons(entry, embedding))
     else:
         unchecked.append("embedding")
     if qc_record is None:

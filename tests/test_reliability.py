@@ -146,3 +146,21 @@ def test_qc_below_the_training_range_is_flagged_with_the_reason() -> None:
     assert session_reliability(meta, inside, None, ("T1w",)) == (
         "ok (not checked: no preprocessing QC numbers)")
     assert session_reliability({}, inside, good, ("T1w",)).startswith("ok (not checked")
+
+
+def test_ensemble_flags_when_most_members_place_the_embedding_outside() -> None:
+    from bids_amyloid.reliability import ensemble_entry
+
+    rng = np.random.default_rng(1)
+    members = [{"embedding": fit_embedding_reference(rng.normal(size=(40, 3))).to_meta(),
+                "qc_low": {"T1w": {"template_mask_dice": floor}}} for floor in (0.7, 0.8, 0.9)]
+    entry = ensemble_entry(members)
+    assert entry["qc_low"]["T1w"]["template_mask_dice"] == pytest.approx(0.8)  # the median
+    meta = {"reliability": entry}
+    qc = {"Numbers": {"T1w": {"template_mask_dice": 0.85}}, "Flags": {}}
+    far, near = np.full((1, 3), 25.0), np.zeros((1, 3))
+    # the ensemble's embedding: its three members' side by side
+    assert session_reliability(meta, np.hstack([near, near, near]), qc, ("T1w",)) == "ok"
+    assert session_reliability(meta, np.hstack([far, near, near]), qc, ("T1w",)) == "ok"
+    assert "for 2 of 3 ensemble members" in session_reliability(
+        meta, np.hstack([far, far, near]), qc, ("T1w",))
