@@ -263,7 +263,8 @@ def metrics_row(labels: Sequence[float] | np.ndarray, probs: Sequence[float] | n
             row[f"{key}@{name}"] = val
     row.update(calibration_columns(y, p, calibrated))
     chosen = points if points is not None else {"0.5": 0.5, "tau": float(tau)}
-    row.update(operating_point_columns(y, p, subjects, chosen, n_boot, seed))
+    for key, val in operating_point_columns(y, p, subjects, chosen, n_boot, seed).items():
+        row.setdefault(key, val)  # sensitivity@0.5 … keep binary_metrics' values (0 if empty)
     return row
 
 
