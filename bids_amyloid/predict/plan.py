@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bids_amyloid import derivatives as drv
-from bids_amyloid.config import PreprocConfig, config_to_dict, pet_only_parameters
+from bids_amyloid.config import PreprocConfig, config_to_dict, preproc_fields
 from bids_amyloid.derivatives import session_label
 from bids_amyloid.options import RunOptions
 from bids_amyloid.predict.model import PredictModel
@@ -57,10 +57,14 @@ def plan_sessions(sessions: Sequence[MRISession], contrasts: tuple[str, ...]
 
 
 def mri_parameters(preproc: PreprocConfig | dict[str, Any]) -> dict[str, Any]:
-    """The ``[preproc]`` values that shape an MRI slice cache (JSON form)."""
+    """The ``[preproc]`` values that shape an MRI slice cache (JSON form): the fields the
+    participant level hashes for an MRI unit (``participant.outputs.MODALITY_STAGES``);
+    an MRI cache made with other PET-only values still fits."""
+    from bids_amyloid.participant.outputs import MODALITY_STAGES
+
     data = config_to_dict(preproc) if not isinstance(preproc, dict) else dict(preproc)
-    pet_only = pet_only_parameters()  # an MRI cache made with other values of these still fits
-    return {k: v for k, v in data.items() if k not in pet_only}
+    keep = set(preproc_fields(MODALITY_STAGES["mri"]))
+    return {k: v for k, v in data.items() if k in keep}
 
 
 def _sidecar(path: Path) -> dict[str, Any] | None:
@@ -145,8 +149,9 @@ def preprocess_missing(todo: dict[Path, list[SessionPlan]], model: PredictModel,
 
     failures: dict[tuple[str, str], str] = {}
     for root, plans in todo.items():
-        LOG.info("preprocessing %d MRI session(s) into %s with the model's parameters",
-                 len(plans), root)
+        LOG.info("preprocessing %d MRI session(s) into %s with the model file's parameters "
+                 "(its training slice caches'): %s", len(plans), root, ", ".join(
+                     f"{k}={v}" for k, v in mri_parameters(model.cfg.preproc).items()))
         contrasts = tuple(dict.fromkeys(c for p in plans for c in p.contrasts))
         status = run_mri_sessions([p.session for p in plans], contrasts, root, model.cfg,
                                   replace(opts, overwrite=opts.overwrite and root != opts.output_dir))

@@ -49,6 +49,7 @@ from bids_amyloid.errors import UsageError
 from bids_amyloid.io import write_text
 from bids_amyloid.options import RunOptions
 from bids_amyloid.train.context import Run, make_datasets, prepare_cohort
+from bids_amyloid.train.data import cache_config
 from bids_amyloid.train.dist import deterministic, distributed
 from bids_amyloid.train.outputs import evaluate
 from bids_amyloid.train.plan import plan_phases, teacher_contrasts, union
@@ -79,11 +80,14 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
             from bids_amyloid.derivatives import init_output
 
             init_output(opts.output_dir, opts.bids_dir)
+        cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
+        cfg = cache_config(cohort, opts.output_dir, all_c, cfg)  # [preproc]: the caches'
+        if dist.rank == 0:
             header = (f"# bids-amyloid group run {opts.run_name}: student contrasts "
                       f"{'+'.join(student_c)}, teacher contrasts {'+'.join(teacher_c)}; the "
-                      f"cohort uses their union\n")
+                      f"cohort uses their union; [preproc] is what the slice caches were made "
+                      f"with (recorded in the model files)\n")
             write_text(GroupRun(folder).config, header + dump_config(cfg))
-        cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
         if cfg.train.cv_folds:
             from bids_amyloid.train.cv import run_cv
 
