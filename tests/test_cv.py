@@ -96,7 +96,7 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
         assert (run / f"fold-{k}" / "student_T1w.pt").is_file()
         assert (run / f"fold-{k}" / "report.html").is_file()
     table = pd.read_csv(run / "cv_metrics.tsv", sep="\t", dtype={"fold": str}).set_index("fold")
-    assert list(table.index) == ["0", "1", "2", "mean", "sd", "pooled"]
+    assert list(table.index) == ["0", "1", "2", "mean", "sd", "pooled", "pooled_calibrated"]
     per_fold = table.loc[["0", "1", "2"], "auc"].astype(float)
     assert table.loc["mean", "auc"] == pytest.approx(per_fold.mean())
     assert table.loc["sd", "auc"] == pytest.approx(per_fold.std(ddof=1))
@@ -105,6 +105,9 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
     assert table.loc["pooled", "auc"] == pytest.approx(roc_auc_score(oof["label"],
                                                                      oof["probability"]))
     assert table.loc["pooled", "n"] == len(cohort)
+    # each fold's own calibration (fitted on its validation fold), then pooled
+    assert table.loc["pooled_calibrated", "auc"] == pytest.approx(
+        roc_auc_score(oof["label"], oof["probability_calibrated"]))
     assert table.loc["pooled", "auc_ci_low"] <= table.loc["pooled", "auc"] \
         <= table.loc["pooled", "auc_ci_high"]
 
@@ -132,6 +135,14 @@ def test_ensemble_round_trip_records_members(finished):
     assert meta["training_participants"] == sorted(train_union)
     assert meta["validation_participants"] == sorted(val_union)
     assert 0 < meta["thresholds"]["tau"] < 1
+    # calibration and operating points fitted on the pooled validation predictions (counted)
+    val = pd.concat([pd.read_csv(run / f"fold-{k}" / "predictions.tsv", sep="\t")
+                     for k in range(K)])
+    val = val[(val["model"] == "student_T1w") & (val["split"] == "val")]
+    assert meta["calibration"]["n"] == len(val) and meta["calibration"]["method"] == "platt"
+    positives = val.loc[val["label"] == 1, "probability"]
+    assert (positives > meta["operating_points"]["rule_out"]).sum() >= 0.9 * len(positives)
+    assert len(meta["reliability"]["members"]) == K
 
 
 def test_tampered_member_is_refused(finished, tmp_path):
@@ -180,6 +191,9 @@ def test_predict_on_ensemble_is_mean_of_members(finished, tmp_path):
     assert ens.loc["sub-01", "cohort_split"] == "train"
     assert ens.loc["sub-05", "cohort_split"] == "train"
     assert ens.loc["sub-77", "cohort_split"] == "none"
+    # the members' training-cohort references were checked (the verdict itself depends on
+    # how unlike these hand-made slices are to the folds' synthetic caches)
+    assert not ens["reliability"].str.contains("not checked").any()
 
 
 # -- resume ---------------------------------------------------------------------------------------

@@ -16,7 +16,9 @@ After the folds, in the run folder:
 ``cv_metrics.tsv``           the student's test metrics per fold (τ of that fold), their
                              ``mean`` and ``sd`` over folds, and ``pooled``: all out-of-fold
                              predictions together, AUC with its subject-bootstrap CI, at the
-                             ensemble's τ
+                             ensemble's τ; ``pooled_calibrated``: the same after each fold's
+                             own calibration (its validation fold), which puts the folds'
+                             students on one probability scale before pooling
 ``student_<C>_ensemble.pt``  the K students as one model for predict (mean probability;
                              :mod:`bids_amyloid.models.ensemble`); its τ is the F1-maximising
                              threshold on the pooled validation predictions (each subject once,
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -134,11 +137,27 @@ def cv_table(folds: list[GroupRun], model: str, oof: pd.DataFrame, tau: float, n
                {"fold": "sd", **numeric.std(ddof=1).to_dict()}]
     pooled = metrics_row(oof["label"].to_numpy(int), oof["probability"].to_numpy(float),
                          oof["participant_id"].tolist(), tau, n_boot=n_boot, seed=seed)
-    table = pd.concat([per_fold, pd.DataFrame(summary), pd.DataFrame([{"fold": "pooled",
-                                                                       **pooled}])],
+    table = pd.concat([per_fold, pd.DataFrame(summary),
+                       pd.DataFrame([{"fold": "pooled", **pooled},
+                                     *pooled_calibrated(oof, n_boot, seed)])],
                       ignore_index=True)
     table.insert(1, "model", model)
     return table.reindex(columns=["fold", "model", *per_fold.columns.drop("fold")])
+
+
+def pooled_calibrated(oof: pd.DataFrame, n_boot: int, seed: int) -> list[dict[str, Any]]:
+    """The ``pooled_calibrated`` row: out-of-fold predictions after each fold's own calibration
+    (fitted on that fold's validation subjects), threshold 0.5; none without calibration.
+
+    The folds' raw probabilities need not share a scale (each student's offset is its own),
+    which pooling raw scores mixes into the AUC; per-fold calibration puts them on one.
+    """
+    column = oof.get("probability_calibrated")
+    if column is None or column.isna().any():
+        return []
+    row = metrics_row(oof["label"].to_numpy(int), column.to_numpy(float),
+                      oof["participant_id"].tolist(), 0.5, n_boot=n_boot, seed=seed)
+    return [{"fold": "pooled_calibrated", **row}]
 
 
 def write_ensemble(base: Run, folds: list[GroupRun], tau: float) -> None:
@@ -191,5 +210,9 @@ def log_summary(table: pd.DataFrame, k: int) -> None:
     LOG.info("--cv %d test AUC per fold: %s; mean %.3f ± %.3f (sd); pooled out-of-fold AUC "
              "%.3f (95%% CI %.3f–%.3f, subject bootstrap)", k, folds, by.loc["mean", "auc"],
              by.loc["sd", "auc"], pooled["auc"], pooled["auc_ci_low"], pooled["auc_ci_high"])
+    if "pooled_calibrated" in by.index:
+        cal = by.loc["pooled_calibrated"]
+        LOG.info("--cv %d pooled out-of-fold AUC after each fold's calibration: %.3f (95%% CI "
+                 "%.3f–%.3f)", k, cal["auc"], cal["auc_ci_low"], cal["auc_ci_high"])
     if not np.isfinite(float(pooled["auc"])):
         LOG.warning("pooled AUC undefined: the out-of-fold predictions hold a single class")
