@@ -22,7 +22,9 @@ After the folds, in the run folder:
 ``student_<C>_ensemble.pt``  the K students as one model for predict (mean probability;
                              :mod:`bids_amyloid.models.ensemble`); its τ is the F1-maximising
                              threshold on the pooled validation predictions (each subject once,
-                             by the student it validated, never a test prediction)
+                             by the student it validated, never a test prediction); its
+                             calibration and rule-out/rule-in points are fitted on the same
+                             pooled validation predictions (:func:`ensemble_entries`)
 
 Resume (``--resume``): a fold whose ``fold.json`` exists, for the same test
 subjects, is read back, not retrained; an interrupted fold resumes from its
@@ -39,11 +41,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bids_amyloid.calibration import PlattScaling
 from bids_amyloid.cohort import assign_splits
 from bids_amyloid.config import CohortConfig
 from bids_amyloid.derivatives import GroupRun
 from bids_amyloid.errors import UsageError
-from bids_amyloid.evaluation import best_threshold, metrics_row
+from bids_amyloid.evaluation import (
+    best_threshold,
+    metrics_row,
+    recorded_points,
+    validation_entries,
+)
 from bids_amyloid.io import write_json, write_tsv
 from bids_amyloid.train.context import Run, make_datasets
 from bids_amyloid.train.outputs import evaluate
@@ -121,7 +129,7 @@ def fold_predictions(folds: list[GroupRun], model: str) -> pd.DataFrame:
 
 
 def cv_table(folds: list[GroupRun], model: str, oof: pd.DataFrame, tau: float, n_boot: int,
-             seed: int) -> pd.DataFrame:
+             seed: int, entries: dict[str, Any] | None = None) -> pd.DataFrame:
     """``cv_metrics.tsv``: per-fold test rows, their mean and sd, and the pooled OOF row."""
     rows = []
     for k, files in enumerate(folds):
@@ -135,8 +143,12 @@ def cv_table(folds: list[GroupRun], model: str, oof: pd.DataFrame, tau: float, n
     numeric = per_fold.drop(columns=["fold"]).apply(pd.to_numeric, errors="coerce")
     summary = [{"fold": "mean", **numeric.mean().to_dict()},
                {"fold": "sd", **numeric.std(ddof=1).to_dict()}]
-    pooled = metrics_row(oof["label"].to_numpy(int), oof["probability"].to_numpy(float),
-                         oof["participant_id"].tolist(), tau, n_boot=n_boot, seed=seed)
+    calibration = PlattScaling.from_meta(entries or {})
+    probs = oof["probability"].to_numpy(float)
+    pooled = metrics_row(oof["label"].to_numpy(int), probs, oof["participant_id"].tolist(), tau,
+                         n_boot=n_boot, seed=seed,
+                         points=recorded_points(entries or {}, tau),
+                         calibrated=calibration.apply(probs) if calibration else None)
     table = pd.concat([per_fold, pd.DataFrame(summary),
                        pd.DataFrame([{"fold": "pooled", **pooled},
                                      *pooled_calibrated(oof, n_boot, seed)])],
@@ -160,7 +172,28 @@ def pooled_calibrated(oof: pd.DataFrame, n_boot: int, seed: int) -> list[dict[st
     return [{"fold": "pooled_calibrated", **row}]
 
 
-def write_ensemble(base: Run, folds: list[GroupRun], tau: float) -> None:
+def ensemble_entries(base: Run, folds: list[GroupRun], val: pd.DataFrame, tau: float
+                     ) -> dict[str, Any]:
+    """Calibration and operating points fitted on the pooled validation predictions (each
+    subject once, by the student it validated) and the members' reliability references."""
+    from bids_amyloid.models import read_model_file
+    from bids_amyloid.reliability import ensemble_entry
+
+    p = np.clip(val["probability"].to_numpy(float), 1e-12, 1 - 1e-12)
+    t = base.cfg.train
+    entries = validation_entries(val["label"].to_numpy(int), np.log(p / (1 - p)), tau,
+                                 t.rule_out_sensitivity, t.rule_in_specificity,
+                                 fitted_on="pooled validation predictions of the folds")
+    selection = NO_TEACHER if NO_TEACHER in t.ablate else ""
+    members = [read_model_file(f.student(base.student_contrasts, selection))["meta"]
+               for f in folds]
+    if all("reliability" in m for m in members):
+        entries["reliability"] = ensemble_entry([m["reliability"] for m in members])
+    return entries
+
+
+def write_ensemble(base: Run, folds: list[GroupRun], tau: float,
+                   entries: dict[str, Any] | None = None) -> None:
     """The ensemble file of the folds' students, beside the ``fold-<k>/`` folders."""
     from bids_amyloid.models import save_ensemble
 
@@ -170,7 +203,8 @@ def write_ensemble(base: Run, folds: list[GroupRun], tau: float) -> None:
     meta = {"role": "student", "contrasts": list(contrasts), "run_name": base.opts.run_name,
             "thresholds": {"0.5": 0.5, "tau": float(tau)},
             "tau_source": "F1-maximising on the pooled out-of-fold validation predictions",
-            "cv_folds": len(folds), "selection": selection or "best val f1@tau"}
+            "cv_folds": len(folds), "selection": selection or "best val f1@tau",
+            **(entries or {})}
     save_ensemble(base.files.ensemble(contrasts, selection), members, meta,
                   folds=list(range(len(folds))))
 
@@ -195,9 +229,11 @@ def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
     tau = best_threshold(val["label"].to_numpy(int), val["probability"].to_numpy(float),
                          base.cfg.train.threshold_grid)
     write_tsv(base.files.oof_predictions, oof)
-    table = cv_table(folds, model, oof, tau, base.cfg.train.bootstrap, base.cfg.train.seed)
+    entries = ensemble_entries(base, folds, val, tau)
+    table = cv_table(folds, model, oof, tau, base.cfg.train.bootstrap, base.cfg.train.seed,
+                     entries)
     write_tsv(base.files.cv_metrics, table)
-    write_ensemble(base, folds, tau)
+    write_ensemble(base, folds, tau, entries)
     log_summary(table, k)
     return table
 
