@@ -30,8 +30,8 @@ Data, three ways::
 
 The participant level of way 2 uses :data:`PREP_TOML` (deepbet, 2 mm template,
 16 slices of 112 px, cheaper PET registration). The group runs use
-:data:`GROUP_TOML` unless ``--config`` is given: vit_tiny from scratch, 112 px,
-8 slices, epochs 8/3/12 (``--epochs``), and the small-cohort phase-3 settings
+:data:`GROUP_TOML` unless ``--config`` is given: vit_tiny from scratch, 64 px
+(``--image-size``), 8 slices, epochs 6/2/8 (``--epochs``), and the small-cohort phase-3 settings
 (``reinit_gain = 0``, ``accumulation = 1``; see ``train.phases.head_budget``).
 Results: ``OUT/group/quality.tsv`` and stdout, with each run's wall time.
 """
@@ -76,7 +76,7 @@ pet_realign = false
 GROUP_TOML = """\
 [model]
 backbone = "vit_tiny_patch16_224"
-image_size = 112
+image_size = {size}
 
 [train]
 n_train_slices = 8
@@ -109,7 +109,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--synthetic", type=int, metavar="N", help="synthetic caches for N subjects")
     p.add_argument("--nprocs", type=int, default=2)
     p.add_argument("--config", type=Path, help="TOML for the group runs (default: GROUP_TOML)")
-    p.add_argument("--epochs", type=int, nargs=3, default=(8, 3, 12), metavar=("P1", "P2", "P3"))
+    p.add_argument("--epochs", type=int, nargs=3, default=(6, 2, 8), metavar=("P1", "P2", "P3"))
+    p.add_argument("--image-size", type=int, default=64, help="model input (px, multiple of 16)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
     return p.parse_args()
@@ -153,7 +154,7 @@ def group_config(args: argparse.Namespace) -> Path:
     path = args.out / "group" / "quality.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     p1, p2, p3 = args.epochs
-    path.write_text(GROUP_TOML.format(p1=p1, p2=p2, p3=p3))
+    path.write_text(GROUP_TOML.format(p1=p1, p2=p2, p3=p3, size=args.image_size))
     return path
 
 
