@@ -16,6 +16,7 @@ from bids_amyloid.bids import (
     PETScan,
     SkippedScan,
     pair_pet_with_mri,
+    pair_scans,
 )
 from bids_amyloid.cohort import (
     COHORT_COLUMNS,
@@ -110,6 +111,18 @@ def test_pairing_needs_every_contrast():
     assert m.ses == "far"
     ((_, m, _),) = pair_pet_with_mri(inv, ("T1w",), 365)
     assert m.ses == "near"
+
+
+def test_cohort_pairs_only_with_a_session_the_pet_can_be_registered_through():
+    """A FLAIR-only cohort still needs the T1w: the participant level registers every PET
+    through its session's T1w (one pairing rule, bids.pair_scans)."""
+    near = mri("01", "near", 5, ("FLAIR",))
+    far = mri("01", "far", 100, ("T1w", "FLAIR"))
+    inv = Inventory((near, far), (pet("01", "p", 0),))
+    ((_, m, _),) = pair_scans(inv, CohortConfig(contrasts=("FLAIR",)))
+    assert m.ses == "far"
+    ((_, m, reason),) = pair_scans(inv, CohortConfig(contrasts=("FLAIR",), pair_window_days=50))
+    assert m is None and reason.startswith("no_mri_within_window")
 
 
 def test_required_contrasts_union_in_canonical_order():

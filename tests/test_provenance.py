@@ -198,3 +198,140 @@ def test_caches_without_recorded_parameters(tmp_path: Path, caplog: pytest.LogCa
     cfg = apply_overrides(AppConfig(), {"preproc": {"gamma": 0.7}})
     assert with_cache_parameters(cfg, {}) is cfg
     assert "record no preprocessing parameters" in caplog.text
+
+
+# --------------------------------------------------------------------------- the chain, slow
+
+PARTICIPANT_TOML = """
+[preproc]
+skull_strip = "deepbet"          # default hdbet
+gamma = 0.8                      # default 0.9
+registration_iterations = [40, 10]
+pet_realign = false
+n_slices = 12                    # default 40 (a slice field)
+"""
+GROUP_TOML = """
+[cohort]
+n_folds = 3
+val_fold = 1
+test_fold = 2
+
+[model]
+backbone = "test_vit"
+image_size = 32
+
+[train]
+n_train_slices = 5
+bootstrap = 20
+amp = false
+ablate = ["no-triplet"]  # phase 2 needs two validation subjects; this cohort has one
+
+[pretrain]
+max_epochs = 1
+batch_size = 2
+
+[contrastive]
+max_epochs = 1
+batch_size = 2
+accumulation = 1
+
+[distill]
+max_epochs = 1
+batch_size = 2
+accumulation = 1
+"""
+CHANGED = {"skull_strip": "deepbet", "gamma": 0.8, "registration_iterations": [40, 10],
+           "n_slices": 12}
+HELD_OUT = ("001", "003")  # the validation and test subjects of this cohort and split
+
+
+def stamps(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("sub-*/**/*")
+            if p.is_file()}
+
+
+@pytest.mark.slow
+def test_chain_participant_config_to_group_to_predict(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """participant --config (MRI and slice fields changed) → group without it → predict on
+    the held-out subjects' raw MRI: predict preprocesses with the caches' parameters and
+    gives the group level's validation/test probabilities; a cohort whose caches mix two
+    parameter sets is refused naming the field; re-runs are no-ops.
+
+    4 simulated subjects (small), PET and MRI in different sessions: ``--session-label
+    d0000`` selects one PET or MRI session per subject and its partner (4 MRI + 4 PET).
+    """
+    from bids_amyloid.models import read_model_file
+    from bids_amyloid.simulate import simulate_cohort
+
+    bids = simulate_cohort(tmp_path / "bids", 4, seed=2, size="small")
+    out = tmp_path / "out"
+    pconf = tmp_path / "participant.toml"
+    pconf.write_text(PARTICIPANT_TOML)
+    gconf = tmp_path / "group.toml"
+    gconf.write_text(GROUP_TOML)
+    select = ["--session-label", "d0000", "--skip-bids-validation", "-q"]
+    assert main([str(bids), str(out), "participant", "--config", str(pconf), "--nprocs", "2",
+                 *select]) == 0
+    caches = sorted(out.rglob("*_desc-slices_*.npy"))
+    assert len(caches) == 8  # 4 MRI sessions (T1w) and 4 PET scans, nothing else
+    for cache in caches:
+        params = drv.read_slice_cache(cache)[2]["Parameters"]
+        assert {k: params[k] for k in CHANGED} == CHANGED
+    made = stamps(out)
+    assert main([str(bids), str(out), "participant", "--config", str(pconf), *select]) == 0
+    assert stamps(out) == made, "a participant re-run rewrote outputs"
+
+    # group level, without the participant's --config
+    assert main([str(bids), str(out), "group", "--stage", "all", "--config", str(gconf),
+                 "--deterministic", *select]) == 0
+    run = out / "group" / "default"
+    cohort = pd.read_csv(run / "cohort.tsv", sep="\t", dtype=str)
+    held = cohort[cohort["split"] != "train"]
+    assert sorted(held["participant_id"]) == [f"sub-{s}" for s in HELD_OUT]
+    model = run / "student_T1w.pt"
+    recorded = read_model_file(model)["config"]["preproc"]
+    assert {k: recorded[k] for k in CHANGED} == CHANGED
+    assert recorded["pet_realign"] is False and recorded["slice_size"] == 224
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t", dtype={"probability": float})
+    group = preds[preds["model"] == "student_T1w"].set_index("participant_id")["probability"]
+
+    # predict on the held-out subjects' raw MRI, into an empty OUT: preprocessed anew
+    fresh = tmp_path / "fresh"
+    args = ["predict", "--model", str(model), "--participant-label", *HELD_OUT,
+            "--skip-bids-validation", "-q"]
+    assert main([str(bids), str(fresh), *args]) == 0
+    for sub in HELD_OUT:
+        (cache,) = (fresh / f"sub-{sub}").rglob("*_desc-slices_T1w.npy")
+        params = drv.read_slice_cache(cache)[2]["Parameters"]
+        assert {k: params[k] for k in CHANGED} == CHANGED
+    table = pd.read_csv(fresh / "predict" / "student_T1w" / "predictions.tsv", sep="\t")
+    assert len(table) == len(HELD_OUT)
+    for _, row in table.iterrows():
+        assert row["probability"] == pytest.approx(group[row["participant_id"]], abs=1e-5, rel=0)
+
+    # predict in the participant level's OUT: its caches fit the model, reused as they are
+    before = stamps(out)
+    assert main([str(bids), str(out), *args]) == 0
+    assert {k: v for k, v in stamps(out).items() if k in before} == before
+    folder = out / "predict" / "student_T1w"
+    assert not (folder / "derivatives").exists(), "predict preprocessed instead of reusing"
+    again = pd.read_csv(folder / "predictions.tsv", sep="\t")
+    assert again["probability"].tolist() == pytest.approx(table["probability"].tolist(),
+                                                          abs=1e-5, rel=0)
+
+    # one subject's PET redone with another PET setting: only its PET is redone, and a
+    # cohort over both parameter sets is refused, naming the field
+    mixed = tmp_path / "mixed.toml"
+    mixed.write_text(PARTICIPANT_TOML + "pet_fwhm_mm = 6.0\n")
+    mri_before = {k: v for k, v in stamps(out).items() if "sub-004" in k and "/anat/" in k}
+    assert main([str(bids), str(out), "participant", "--config", str(mixed),
+                 "--participant-label", "004", *select]) == 0
+    assert {k: v for k, v in stamps(out).items() if k in mri_before} == mri_before
+    caplog.clear()
+    code = main([str(bids), str(out), "group", "--stage", "all", "--config", str(gconf),
+                 "--run-name", "mixed", *select])
+    assert code == 64
+    assert "made with different preprocessing parameters (pet_fwhm_mm)" in caplog.text
+    assert "pet_fwhm_mm: 6.0 (1 files, e.g. sub-004/ses-d0000/pet/" in caplog.text
+    assert not (out / "group" / "mixed" / "student_T1w.pt").exists()
