@@ -202,6 +202,56 @@ def oracle_on(bids: Path, test: pd.DataFrame) -> float:
     return oracle_auc(bids, sessions, test["label"].to_numpy())
 
 
+def csf_features(out: Path, row: pd.Series, n_slices: int, size: int) -> np.ndarray:
+    """Hand-made MRI features of one pair: the fraction of in-head pixels darker than
+    0.15 / 0.25 / 0.35 (CSF: ventricles, sulci) and the mean, over the ``n_slices`` slices
+    training uses, after resizing to ``size`` px as the model input is."""
+    import torch
+    import torch.nn.functional as F
+
+    from bids_amyloid import derivatives
+    from bids_amyloid.train.data import even_positions
+
+    path = derivatives.mri_slice_cache(out, str(row["participant_id"]).removeprefix("sub-"),
+                                       str(row["mri_session"]).removeprefix("ses-"), "T1w")
+    stack = np.load(path).astype(np.float32)
+    stack = stack[even_positions(len(stack), n_slices)]
+    x = F.interpolate(torch.from_numpy(stack)[:, None], size=(size, size), mode="bilinear",
+                      antialias=True, align_corners=False)[:, 0].numpy()
+    head = x > 0.02
+    values = x[head]
+    return np.array([*(float((values < t).mean()) for t in (0.15, 0.25, 0.35)),
+                     float(values.mean())])
+
+
+def probe_auc(out: Path, run: Path, n_slices: int, size: int) -> float:
+    """Test AUC of a logistic regression on :func:`csf_features`, fitted on the training
+    pairs: how much label signal the student's input carries to a simple reader."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from bids_amyloid.evaluation import auc
+
+    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
+    cohort = pd.read_csv(run / "cohort.tsv", sep="\t", dtype={"participant_id": str})
+    test = preds[(preds["split"] == "test") & (preds["model"] == preds["model"].iloc[0])]
+    train = cohort[(cohort["split"] == "train")]
+    train = train[[_has_cache(out, r) for _, r in train.iterrows()]]
+    xs = np.stack([csf_features(out, r, n_slices, size) for _, r in train.iterrows()])
+    model = make_pipeline(StandardScaler(), LogisticRegression()).fit(xs, train["label"])
+    xt = np.stack([csf_features(out, r, n_slices, size) for _, r in test.iterrows()])
+    return auc(test["label"].to_numpy(), model.predict_proba(xt)[:, 1])
+
+
+def _has_cache(out: Path, row: pd.Series) -> bool:
+    from bids_amyloid import derivatives
+
+    return derivatives.mri_slice_cache(out, str(row["participant_id"]).removeprefix("sub-"),
+                                       str(row["mri_session"]).removeprefix("ses-"),
+                                       "T1w").is_file()
+
+
 def teacher_auc(run: Path) -> tuple[float, float, float]:
     preds = pd.read_csv(run / "predictions.tsv", sep="\t")
     return with_ci(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
@@ -242,6 +292,9 @@ def summarise(args: argparse.Namespace, bids: Path, seconds: dict[str, float]) -
     rows: list[dict[str, object]] = []
     if not args.synthetic:
         rows.append({"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, base)})
+        for size in sorted({args.image_size, 112}):
+            rows.append({"row": f"CSF-fraction probe, 8 slices at {size} px",
+                         "auc": probe_auc(args.out, group / "baseline", 8, size)})
     for variant in done:
         if variant not in REUSE_TEACHER and variant != "no-teacher":
             t, lo, hi = teacher_auc(group / variant)
