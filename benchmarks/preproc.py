@@ -191,7 +191,9 @@ def run_pets(task: tuple[list[Path], Path, Path, dict[str, Any], int, Path]) -> 
                     "tracer": tracer, "centiloid": truth["centiloid"],
                     "head_scale": truth["head_scale"], "estimates": estimates,
                     "frames_used": result.frames["FramesUsed"],
-                    "max_frame_motion_mm": max(truth["frame_motion_mm"]),
+                    # simulated motion of the frames the window uses (the realignment's scope)
+                    "max_frame_motion_mm": max(truth["frame_motion_mm"][k]
+                                               for k in result.frames["FramesUsed"]),
                     "realign_max_mm": result.metrics["frame_max_translation_mm"],
                     "voi_scale": result.metrics["voi_scale"]})
     rss.close()
