@@ -140,7 +140,10 @@ def test_ensemble_round_trip_records_members(finished):
                      for k in range(K)])
     val = val[(val["model"] == "student_T1w") & (val["split"] == "val")]
     assert meta["calibration"]["n"] == len(val) and meta["calibration"]["method"] == "platt"
-    positives = val.loc[val["label"] == 1, "probability"]
+    # every member calibrated: the ensemble averages calibrated probabilities, and its τ and
+    # operating points are on that scale
+    assert meta["member_calibration"] is True and val["probability_calibrated"].notna().all()
+    positives = val.loc[val["label"] == 1, "probability_calibrated"]
     assert (positives > meta["operating_points"]["rule_out"]).sum() >= 0.9 * len(positives)
     assert len(meta["reliability"]["members"]) == K
 
@@ -175,18 +178,27 @@ def test_predict_on_ensemble_is_mean_of_members(finished, tmp_path):
     pout = tmp_path / "pout"
     bids = mri_only_dataset(tmp_path / "bids", pout, {"01": ("T1w",), "05": ("T1w",),
                                                       "77": ("T1w",)})
+    from bids_amyloid.models import save_ensemble
+
+    def table(name: str) -> pd.DataFrame:
+        return pd.read_csv(pout / "predict" / name / "predictions.tsv", sep="\t",
+                           dtype={"participant_id": str}).set_index("participant_id")
+
+    members = [run / f"fold-{k}" / "student_T1w.pt" for k in range(K)]
+    raw_ensemble = save_ensemble(run / "student_T1w_raw-ensemble.pt", members, {})  # no calib.
+    assert predict(bids, pout, raw_ensemble) == 0
     assert predict(bids, pout, run / "student_T1w_ensemble.pt") == 0
-    ens = pd.read_csv(pout / "predict" / "student_T1w_ensemble" / "predictions.tsv", sep="\t",
-                      dtype={"participant_id": str}).set_index("participant_id")
-    members = []
-    for k in range(K):     # each member on its own, through the single-model path
-        assert predict(bids, pout, run / f"fold-{k}" / "student_T1w.pt") == 0
-        table = pd.read_csv(pout / "predict" / "student_T1w" / "predictions.tsv", sep="\t",
-                            dtype={"participant_id": str}).set_index("participant_id")
-        members.append(table["probability"])
-    mean = pd.concat(members, axis=1).mean(axis=1)
-    assert np.allclose(ens.loc[mean.index, "probability"], mean, atol=1e-6)
+    raw, ens = table("student_T1w_raw-ensemble"), table("student_T1w_ensemble")
+    probs, calibrated = [], []
+    for member in members:     # each member on its own, through the single-model path
+        assert predict(bids, pout, member) == 0
+        probs.append(table("student_T1w")["probability"])
+        calibrated.append(table("student_T1w")["probability_calibrated"])
+    mean = pd.concat(probs, axis=1).mean(axis=1)
+    assert np.allclose(raw.loc[mean.index, "probability"], mean, atol=1e-6)
     assert len(set(np.round(mean, 6))) == 3
+    mean_calibrated = pd.concat(calibrated, axis=1).mean(axis=1)   # the written ensemble
+    assert np.allclose(ens.loc[mean.index, "probability"], mean_calibrated, atol=1e-6)
     # with K = 3 every cohort subject (00–08) trained one member; 77 is in no member's cohort
     assert ens.loc["sub-01", "cohort_split"] == "train"
     assert ens.loc["sub-05", "cohort_split"] == "train"

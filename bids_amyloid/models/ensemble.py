@@ -8,12 +8,16 @@ An ensemble file is a ``torch.save``'d dict of plain values (read with
     members                  per member: path (relative to the ensemble's folder), sha256,
                              fold, tau, training/validation/test_participants
     meta                     thresholds (τ of the ensemble), the union of the members'
-                             training/validation/test participants, cv_folds, combination
+                             training/validation/test participants, cv_folds, combination,
+                             member_calibration
     versions, created_utc
 
 Loading checks every member against its recorded SHA-256 before building it: a
 member changed after the ensemble was written is refused. The ensemble's
-probability is the mean of its members' probabilities.
+probability is the mean of its members' probabilities; with
+``member_calibration`` (every member records a calibration, fitted on its own
+validation fold) the mean of their calibrated probabilities, which puts
+students whose raw outputs sit on different scales on one before averaging.
 
 Example
 -------
@@ -63,7 +67,9 @@ SPLIT_KEYS = ("training_participants", "validation_participants", "test_particip
 class EnsembleNetwork(nn.Module):
     """Students whose probabilities are averaged; called like one student.
 
-    ``logit`` is the logit of the mean probability; ``embedding`` the members'
+    ``logit`` is the logit of the mean probability (each member's probability after its
+    Platt scaling ``sigmoid(slope·logit + intercept)`` where ``calibrations`` gives one);
+    ``embedding`` the members'
     embeddings side by side ``(B, K·128)``; ``pool_weights`` their mean.
     ``backbone`` is the first member's: predict's saliency maps of an ensemble
     are the ensemble's input gradient, and HiResCAM on the first member's last block.
@@ -71,10 +77,14 @@ class EnsembleNetwork(nn.Module):
 
     role = "student"
 
-    def __init__(self, members: Sequence[AmyloidNetwork]) -> None:
+    def __init__(self, members: Sequence[AmyloidNetwork],
+                 calibrations: Sequence[tuple[float, float]] | None = None) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.contrasts: tuple[str, ...] = tuple(members[0].contrasts)
+        if calibrations is not None and len(calibrations) != len(members):
+            raise ValueError(f"{len(calibrations)} calibrations for {len(members)} members")
+        self.calibrations = list(calibrations) if calibrations is not None else None
 
     @property
     def backbone(self) -> Any:
@@ -84,7 +94,11 @@ class EnsembleNetwork(nn.Module):
     def forward(self, mri: dict[str, torch.Tensor], mri_mask: dict[str, torch.Tensor]
                 ) -> ModelOutput:
         outs = [member(mri, mri_mask) for member in self.members]
-        prob = torch.stack([torch.sigmoid(o.logit.double()) for o in outs]).mean(0)
+        logits = [o.logit.double() for o in outs]
+        if self.calibrations is not None:
+            logits = [slope * z + intercept
+                      for z, (slope, intercept) in zip(logits, self.calibrations, strict=True)]
+        prob = torch.stack([torch.sigmoid(z) for z in logits]).mean(0)
         return ModelOutput(logit=torch.logit(prob, eps=1e-12).float(),
                            embedding=torch.cat([o.embedding for o in outs], dim=-1),
                            pool_weights=torch.stack([o.pool_weights for o in outs]).mean(0))
@@ -97,11 +111,13 @@ def _sha256(path: Path) -> str:
 
 
 def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
-                  folds: list[int] | None = None) -> Path:
+                  folds: list[int] | None = None, member_calibration: bool = False) -> Path:
     """Write an ensemble of the student files ``members`` (paths stored relative to ``path``).
 
     Each member's identity (file hash, τ, its cohort split) is recorded; ``meta``
     gets the union of the members' split participants unless it has them.
+    ``member_calibration``: average the members' calibrated probabilities (every
+    member must record a calibration).
     """
     path = Path(path)
     records: list[dict[str, Any]] = []
@@ -115,6 +131,9 @@ def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
                                  f"other members' {contrasts}")
         contrasts = list(payload["contrasts"])
         m = payload["meta"]
+        if member_calibration and _calibration(m, member) is None:
+            raise ModelFileError(f"{member} records no calibration: the ensemble cannot average "
+                                 "calibrated probabilities")
         records.append({"path": os.path.relpath(member, path.parent),
                         "sha256": _sha256(member),
                         "fold": folds[k] if folds is not None else k,
@@ -125,7 +144,10 @@ def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
     full = dict(meta)
     for key in SPLIT_KEYS:
         full.setdefault(key, sorted({s for r in records for s in r[key]}))
-    full.setdefault("combination", "mean probability of the members")
+    full["member_calibration"] = bool(member_calibration)
+    full.setdefault("combination", "mean of the members' calibrated probabilities (each "
+                    "member's Platt scaling, fitted on its validation fold)" if member_calibration
+                    else "mean probability of the members")
     payload = {"format": ENSEMBLE_FORMAT, "format_version": ENSEMBLE_VERSION, "role": "student",
                "contrasts": contrasts, "members": records, "meta": full,
                "versions": package_versions(),
@@ -135,6 +157,17 @@ def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
         torch.save(payload, tmp)
     LOG.info("wrote an ensemble of %d students to %s", len(records), path)
     return path
+
+
+def _calibration(meta: dict[str, Any], source: Path) -> tuple[float, float] | None:
+    """A member's Platt ``(slope, intercept)``, None if it records none."""
+    from bids_amyloid.calibration import PlattScaling
+
+    try:
+        platt = PlattScaling.from_meta(meta)
+    except ValueError as err:
+        raise ModelFileError(f"{source}: {err}") from err
+    return None if platt is None else (platt.slope, platt.intercept)
 
 
 def read_ensemble_file(path: Path | str) -> dict[str, Any] | None:
@@ -183,9 +216,17 @@ def load_any_model(path: Path | str, device: str | torch.device = "cpu",
     payload = read_ensemble_file(path)
     if payload is None:
         return load_model(path, device=device, backbone_weights=backbone_weights)
-    networks, configs = [], []
+    networks, configs, calibrations = [], [], []
+    calibrated = bool(payload["meta"].get("member_calibration"))
     for member in member_paths(path, payload):
-        network, cfg, _ = load_model(member, device=device, backbone_weights=backbone_weights)
+        network, cfg, member_meta = load_model(member, device=device,
+                                               backbone_weights=backbone_weights)
+        calibration = _calibration(member_meta, member) if calibrated else None
+        if calibrated and calibration is None:
+            raise ModelFileError(f"{path}: member {member} records no calibration, which the "
+                                 "ensemble averages")
+        if calibration is not None:
+            calibrations.append(calibration)
         if network.role != "student" or list(network.contrasts) != list(payload["contrasts"]):
             raise ModelFileError(f"{path}: member {member} is a {network.role} on "
                                  f"{'+'.join(network.contrasts)}, not a student on "
@@ -197,4 +238,5 @@ def load_any_model(path: Path | str, device: str | torch.device = "cpu",
         raise ModelFileError(f"{path}: its members were trained with different preprocessing, "
                              "model or slice settings; they cannot share one input")
     meta = {**payload["meta"], "members": payload["members"]}
-    return EnsembleNetwork(networks).to(device).eval(), configs[0], meta
+    ensemble = EnsembleNetwork(networks, calibrations if calibrated else None)
+    return ensemble.to(device).eval(), configs[0], meta

@@ -16,15 +16,18 @@ After the folds, in the run folder:
 ``cv_metrics.tsv``           the student's test metrics per fold (τ of that fold), their
                              ``mean`` and ``sd`` over folds, and ``pooled``: all out-of-fold
                              predictions together, AUC with its subject-bootstrap CI, at the
-                             ensemble's τ; ``pooled_calibrated``: the same after each fold's
-                             own calibration (its validation fold), which puts the folds'
-                             students on one probability scale before pooling
-``student_<C>_ensemble.pt``  the K students as one model for predict (mean probability;
-                             :mod:`bids_amyloid.models.ensemble`); its τ is the F1-maximising
-                             threshold on the pooled validation predictions (each subject once,
-                             by the student it validated, never a test prediction); its
-                             calibration and rule-out/rule-in points are fitted on the same
-                             pooled validation predictions (:func:`ensemble_entries`)
+                             τ of the raw pooled validation predictions; ``pooled_calibrated``:
+                             the same after each fold's own calibration (fitted on its
+                             validation fold), which puts the folds' students on one
+                             probability scale before pooling, at the ensemble's τ, calibration
+                             and operating points
+``student_<C>_ensemble.pt``  the K students as one model for predict (the mean of the members'
+                             calibrated probabilities when every member has a calibration, else
+                             of their probabilities; :mod:`bids_amyloid.models.ensemble`); its
+                             τ, calibration and rule-out/rule-in points are fitted on the pooled
+                             validation predictions on that scale (each subject once, by the
+                             student it validated, never a test prediction;
+                             :func:`ensemble_entries`)
 
 Resume (``--resume``): a fold whose ``fold.json`` exists, for the same test
 subjects, is read back, not retrained; an interrupted fold resumes from its
@@ -128,9 +131,8 @@ def fold_predictions(folds: list[GroupRun], model: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def cv_table(folds: list[GroupRun], model: str, oof: pd.DataFrame, tau: float, n_boot: int,
-             seed: int, entries: dict[str, Any] | None = None) -> pd.DataFrame:
-    """``cv_metrics.tsv``: per-fold test rows, their mean and sd, and the pooled OOF row."""
+def cv_table(folds: list[GroupRun], model: str, pooled: list[dict[str, Any]]) -> pd.DataFrame:
+    """``cv_metrics.tsv``: per-fold test rows, their mean and sd, then the ``pooled`` rows."""
     rows = []
     for k, files in enumerate(folds):
         metrics = pd.read_csv(files.metrics, sep="\t")
@@ -143,33 +145,32 @@ def cv_table(folds: list[GroupRun], model: str, oof: pd.DataFrame, tau: float, n
     numeric = per_fold.drop(columns=["fold"]).apply(pd.to_numeric, errors="coerce")
     summary = [{"fold": "mean", **numeric.mean().to_dict()},
                {"fold": "sd", **numeric.std(ddof=1).to_dict()}]
-    calibration = PlattScaling.from_meta(entries or {})
-    probs = oof["probability"].to_numpy(float)
-    pooled = metrics_row(oof["label"].to_numpy(int), probs, oof["participant_id"].tolist(), tau,
-                         n_boot=n_boot, seed=seed,
-                         points=recorded_points(entries or {}, tau),
-                         calibrated=calibration.apply(probs) if calibration else None)
-    table = pd.concat([per_fold, pd.DataFrame(summary),
-                       pd.DataFrame([{"fold": "pooled", **pooled},
-                                     *pooled_calibrated(oof, n_boot, seed)])],
+    table = pd.concat([per_fold, pd.DataFrame(summary), pd.DataFrame(pooled)],
                       ignore_index=True)
     table.insert(1, "model", model)
     return table.reindex(columns=["fold", "model", *per_fold.columns.drop("fold")])
 
 
-def pooled_calibrated(oof: pd.DataFrame, n_boot: int, seed: int) -> list[dict[str, Any]]:
-    """The ``pooled_calibrated`` row: out-of-fold predictions after each fold's own calibration
-    (fitted on that fold's validation subjects), threshold 0.5; none without calibration.
+def pooled_row(name: str, oof: pd.DataFrame, column: str, tau: float,
+               entries: dict[str, Any] | None, n_boot: int, seed: int) -> dict[str, Any]:
+    """One pooled row of ``cv_metrics.tsv``: the out-of-fold ``column`` of every fold together,
+    at ``tau`` and the operating points (and calibration) of ``entries``."""
+    calibration = PlattScaling.from_meta(entries or {})
+    probs = oof[column].to_numpy(float)
+    row = metrics_row(oof["label"].to_numpy(int), probs, oof["participant_id"].tolist(), tau,
+                      n_boot=n_boot, seed=seed, points=recorded_points(entries or {}, tau),
+                      calibrated=calibration.apply(probs) if calibration else None)
+    return {"fold": name, **row}
+
+
+def members_calibrated(preds: pd.DataFrame) -> bool:
+    """Whether every fold student calibrated its predictions (``probability_calibrated``).
 
     The folds' raw probabilities need not share a scale (each student's offset is its own),
-    which pooling raw scores mixes into the AUC; per-fold calibration puts them on one.
+    which pooling raw scores mixes into the AUC; each fold's calibration puts them on one.
     """
-    column = oof.get("probability_calibrated")
-    if column is None or column.isna().any():
-        return []
-    row = metrics_row(oof["label"].to_numpy(int), column.to_numpy(float),
-                      oof["participant_id"].tolist(), 0.5, n_boot=n_boot, seed=seed)
-    return [{"fold": "pooled_calibrated", **row}]
+    column = preds.get("probability_calibrated")
+    return column is not None and bool(column.notna().all())
 
 
 def ensemble_entries(base: Run, folds: list[GroupRun], val: pd.DataFrame, tau: float
@@ -193,7 +194,8 @@ def ensemble_entries(base: Run, folds: list[GroupRun], val: pd.DataFrame, tau: f
 
 
 def write_ensemble(base: Run, folds: list[GroupRun], tau: float,
-                   entries: dict[str, Any] | None = None) -> None:
+                   entries: dict[str, Any] | None = None, member_calibration: bool = False
+                   ) -> None:
     """The ensemble file of the folds' students, beside the ``fold-<k>/`` folders."""
     from bids_amyloid.models import save_ensemble
 
@@ -202,11 +204,12 @@ def write_ensemble(base: Run, folds: list[GroupRun], tau: float,
     members = [files.student(contrasts, selection) for files in folds]
     meta = {"role": "student", "contrasts": list(contrasts), "run_name": base.opts.run_name,
             "thresholds": {"0.5": 0.5, "tau": float(tau)},
-            "tau_source": "F1-maximising on the pooled out-of-fold validation predictions",
+            "tau_source": "F1-maximising on the pooled validation predictions of the folds"
+                          + (" (each calibrated by its fold)" if member_calibration else ""),
             "cv_folds": len(folds), "selection": selection or "best val f1@tau",
             **(entries or {})}
     save_ensemble(base.files.ensemble(contrasts, selection), members, meta,
-                  folds=list(range(len(folds))))
+                  folds=list(range(len(folds))), member_calibration=member_calibration)
 
 
 def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
@@ -226,14 +229,28 @@ def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
     preds = fold_predictions(folds, model)
     oof = preds[preds["split"] == "test"].reset_index(drop=True)
     val = preds[preds["split"] == "val"]
-    tau = best_threshold(val["label"].to_numpy(int), val["probability"].to_numpy(float),
-                         base.cfg.train.threshold_grid)
     write_tsv(base.files.oof_predictions, oof)
-    entries = ensemble_entries(base, folds, val, tau)
-    table = cv_table(folds, model, oof, tau, base.cfg.train.bootstrap, base.cfg.train.seed,
-                     entries)
+    t = base.cfg.train
+
+    def tau_of(frame: pd.DataFrame) -> float:
+        return best_threshold(frame["label"].to_numpy(int), frame["probability"].to_numpy(float),
+                              t.threshold_grid)
+
+    calibrated = members_calibrated(preds)
+    # the ensemble works on the members' calibrated scale when they all have one: its τ,
+    # calibration and operating points come from the pooled calibrated validation predictions
+    ens_val = val.assign(probability=val["probability_calibrated"]) if calibrated else val
+    tau = tau_of(ens_val)
+    entries = ensemble_entries(base, folds, ens_val, tau)
+    if calibrated:
+        pooled = [pooled_row("pooled", oof, "probability", tau_of(val), None, t.bootstrap, t.seed),
+                  pooled_row("pooled_calibrated", oof, "probability_calibrated", tau, entries,
+                             t.bootstrap, t.seed)]
+    else:
+        pooled = [pooled_row("pooled", oof, "probability", tau, entries, t.bootstrap, t.seed)]
+    table = cv_table(folds, model, pooled)
     write_tsv(base.files.cv_metrics, table)
-    write_ensemble(base, folds, tau, entries)
+    write_ensemble(base, folds, tau, entries, member_calibration=calibrated)
     log_summary(table, k)
     return table
 
