@@ -96,6 +96,5 @@ ENV PATH=/opt/venv/bin:${PATH} \
     DENO_NO_UPDATE_CHECK=1
 
 USER 10001:10001
-WORKDIR /tmp
 ENTRYPOINT ["bids-amyloid"]
 CMD ["--help"]
