@@ -251,7 +251,8 @@ def init_output(out: Path, source: Path | None = None) -> None:
 #                           --cv K: fold-<k>/ (a run each, plus fold.json), cv_metrics.tsv
 #                           oof_predictions.tsv student_<C>_ensemble.pt
 #   OUT/predict/<model>/    predictions.tsv excluded.tsv evaluation.tsv metrics.tsv
-#                           predict.json sub-XX.html, saliency maps (BIDS names below it),
+#                           predict.json report.html reliability.png (if labelled)
+#                           sub-XX.html, saliency maps (BIDS names below it),
 #                           derivatives/ (MRI preprocessed with the model's parameters)
 #
 # The group and predict levels log to the console only; their file logs are
@@ -340,7 +341,8 @@ class GroupRun:
         return self.student(contrasts, f"{selection}-ensemble" if selection else "ensemble")
 
     def figure(self, name: str) -> Path:
-        """A report figure (``roc_test``, ``roc_epochs``, ``training_curves``) as PNG."""
+        """A report figure (``roc_test``, ``roc_epochs``, ``reliability``, ``training_curves``)
+        as PNG."""
         return self.folder / f"{name}.png"
 
 
