@@ -106,7 +106,7 @@ import logging
 import sys
 from pathlib import Path
 
-SIZE_CHOICES = ("full", "small")
+SIZE_CHOICES = ("full", "small", "tiny")
 
 
 def simulate_cohort(out: Path, n_subjects: int, seed: int, size: str = "full",
@@ -114,7 +114,8 @@ def simulate_cohort(out: Path, n_subjects: int, seed: int, size: str = "full",
     """Write a synthetic BIDS cohort of ``n_subjects`` to ``out`` (must be new or empty).
 
     Returns ``out``. ``size="small"`` uses coarser voxels and fewer sessions
-    (a few seconds per subject) for tests; ``"full"`` is close to real scans.
+    (a few seconds per subject) for tests; ``"tiny"`` one T1w-only 3 mm MRI session
+    and 5 mm PET per subject (the CPU demo); ``"full"`` is close to real scans.
     The cohort is built in a temporary sibling folder and renamed to ``out`` when
     complete, so a killed run leaves no half-written dataset under ``out``.
     ``nprocs`` > 1 simulates subjects in parallel processes (same bytes).
@@ -133,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=10, help="number of subjects")
     p.add_argument("--seed", type=int, default=42, help="random seed (same seed → same bytes)")
     p.add_argument("--size", choices=SIZE_CHOICES, default="full",
-                   help="'full' ≈ real scans (1 mm MRI, 2 mm PET); 'small' for tests")
+                   help="'full' ≈ real scans (1 mm MRI, 2 mm PET); 'small' for tests; "
+                        "'tiny': one T1w-only MRI session per subject, 3 mm (the CPU demo)")
     p.add_argument("--nprocs", type=int, default=1, help="subjects simulated in parallel")
     p.add_argument("-v", "--verbose", action="store_true", help="log each subject")
     return p

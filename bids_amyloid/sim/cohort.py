@@ -65,6 +65,8 @@ SIZES = {
                      ((2.0, 2.0, 2.0), (2.0, 2.0, 2.03), (2.086, 2.086, 2.03))),
     "small": SizeSpec(2, ((2.2, 2.2, 2.2), (2.2, 2.2, 2.64), (2.5, 2.5, 3.0)),
                       ((4.0, 4.0, 4.0), (3.5, 3.5, 4.06))),
+    # one T1w-only MRI session per subject, 3 mm MRI, 5 mm PET: the CPU demo's cohort
+    "tiny": SizeSpec(2, ((3.0, 3.0, 3.0), (3.0, 3.0, 3.6)), ((5.0, 5.0, 5.0),)),
 }
 PET_ORIENTATIONS = ("RAS", "LPS", "LAS")
 

@@ -12,7 +12,8 @@ TRACERS = ("PIB", "AV45")
 POSITIVE_FRACTION = 0.4
 #: Probability that an MRI session holds each contrast (T1w always).
 CONTRAST_PROBABILITY = {"full": {"T2w": 0.9, "FLAIR": 0.85, "T2starw": 0.7},
-                        "small": {"T2w": 1.0, "FLAIR": 0.8, "T2starw": 0.6}}
+                        "small": {"T2w": 1.0, "FLAIR": 0.8, "T2starw": 0.6},
+                        "tiny": {"T2w": 0.0, "FLAIR": 0.0, "T2starw": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def plan_cohort(n_subjects: int, seed: int, size: str) -> list[SubjectPlan]:
     if n_subjects < 1:
         raise ValueError(f"need at least one subject, not {n_subjects}")
     if size not in CONTRAST_PROBABILITY:
-        raise ValueError(f"size must be 'small' or 'full', not {size!r}")
+        raise ValueError(f"size must be one of {sorted(CONTRAST_PROBABILITY)}, not {size!r}")
     rng = np.random.default_rng([seed, 0])
     n_pos = int(np.ceil(POSITIVE_FRACTION * n_subjects - 1e-9))
     positive = np.zeros(n_subjects, dtype=bool)
@@ -111,13 +112,13 @@ def _plan_subject(index: int, positive: bool, seed: int, size: str) -> SubjectPl
 
 
 def _schedule(rng: np.random.Generator, index: int, size: str) -> tuple[SessionPlan, ...]:
-    """MRI visits ~1–3 years apart, a PET near most of them (other days), extras.
+    """MRI visits ~1–3 years apart (one in tiny size), a PET near most of them, extras.
 
-    Every third subject (index 2, 5, …) gets a last PET more than 365 days
-    after its last MRI; subjects alternate PiB/AV45 as main tracer and some
-    (full size, or index 3, 7, … in small size) also get the other tracer.
+    Every third subject (index 2, 5, …; not in tiny size) gets a last PET more
+    than 365 days after its last MRI; subjects alternate PiB/AV45 as main tracer and some
+    (full size, or index 3, 7, … in small and tiny size) also get the other tracer.
     """
-    n_mri = int(rng.integers(2, 4)) if size == "full" else 1 + index % 2
+    n_mri = int(rng.integers(2, 4)) if size == "full" else 1 + index % 2 if size == "small" else 1
     mri_days = [0]
     for _ in range(n_mri - 1):
         mri_days.append(mri_days[-1] + int(rng.integers(350, 1100)))
@@ -130,7 +131,7 @@ def _schedule(rng: np.random.Generator, index: int, size: str) -> tuple[SessionP
     second = rng.random() < 0.35 if size == "full" else index % 4 == 3
     if second:
         pet.append((int(rng.choice(mri_days)) + _offset(rng), other))
-    if index % 3 == 2:
+    if index % 3 == 2 and size != "tiny":
         pet.append((mri_days[-1] + int(rng.integers(400, 800)), tracer))
     shift = -min([*mri_days, *(d for d, _ in pet)])
     probs = CONTRAST_PROBABILITY[size]
