@@ -14,7 +14,7 @@ from bids_amyloid.calibration import PlattScaling, reliability_figure
 from bids_amyloid.evaluation import operating_point_view
 from bids_amyloid.io import atomic_path, write_text
 from bids_amyloid.pages import html_page, png_img
-from bids_amyloid.predict.tables import model_operating_table
+from bids_amyloid.predict.tables import model_operating_table, rates_source
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -80,7 +80,8 @@ def write_run_page(predictions: pd.DataFrame, model: PredictModel, files: Predic
              f"unreliable. Model SHA-256 {esc(model.sha256[:16])}…. Per-subject pages: "
              "<code>sub-*.html</code>; all numbers in <code>predictions.tsv</code>.</p>",
              HOW_TO_READ, "<h2>Operating points of the model</h2>",
-             _table(model_operating_table(model))]
+             f"<p class='note'>Thresholds on <code>probability</code>; "
+             f"{esc(rates_source(model))}.</p>", _table(model_operating_table(model))]
     parts.append("<h2>Flagged sessions</h2>")
     if flagged.empty:
         parts.append("<p>none</p>")

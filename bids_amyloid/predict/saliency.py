@@ -311,7 +311,7 @@ def subject_page(sub: str, rows: pd.DataFrame, sections: list[tuple[str, str, by
                  model: PredictModel) -> str:
     """Self-contained HTML: the subject's predictions, reliability flags, the model's
     operating points and each session's saliency figures."""
-    from bids_amyloid.predict.tables import model_operating_table
+    from bids_amyloid.predict.tables import model_operating_table, rates_source
 
     esc = html.escape
     shown = rows[[c for c in PAGE_COLUMNS if c in rows]]
@@ -340,7 +340,8 @@ def subject_page(sub: str, rows: pd.DataFrame, sections: list[tuple[str, str, by
     parts.append("<h2>Operating points of the model</h2><p>Positive if the probability is "
                  "above the threshold. Rule-out: a session below it would skip amyloid PET "
                  "(chosen for high sensitivity); rule-in: above it, positive with high "
-                 "specificity. Rates as measured where the thresholds were chosen.</p>"
+                 f"specificity. Thresholds on <code>probability</code>; "
+                 f"{esc(rates_source(model))}.</p>"
                  + model_operating_table(model).to_html(
                      index=False, float_format=lambda v: f"{v:.3f}", border=0, na_rep="n/a"))
     for ses_label, contrast, png, files in sections:

@@ -169,7 +169,14 @@ def model_operating_table(model: PredictModel) -> pd.DataFrame:
         rows.append({"operating point": POINT_LABELS[name], "threshold": thr,
                      "threshold (calibrated)": float(calibration.apply([thr])[0])
                      if calibration is not None else float("nan"),
-                     **{f"{key} ({rates.get('fitted_on', 'validation')})":
-                        measured.get(key, float("nan"))
+                     **{key: measured.get(key, float("nan"))
                         for key in ("sensitivity", "specificity", "ppv", "npv")}})
     return pd.DataFrame(rows)
+
+
+def rates_source(model: PredictModel) -> str:
+    """Where the model file's operating-point rates were measured, for a caption."""
+    rates = model.meta.get("operating_point_rates") or {}
+    if not rates:
+        return "the model file records no rates at its operating points"
+    return f"rates measured on {rates.get('fitted_on', 'validation')} (n = {rates.get('n')})"
