@@ -14,6 +14,7 @@ from bids_amyloid.bids import (
     collect_inventory,
     day_offset,
     pair_pet_with_mri,
+    pair_scans,
     parse_date,
     validate_bids,
 )
@@ -137,6 +138,12 @@ def test_session_label_keeps_pet_and_mri_of_other_sessions_together(tmp_path, ca
     both = collect_inventory(options(root, tmp_path, session_labels=("d0757", "d0000")), config())
     assert _selected(both) == ({("OAS30001", "d0757"), ("OAS30002", "d0000")},
                                {("OAS30001", "d1000")})
+    # the selection pairs each PET with the session the whole dataset does (or with none)
+    whole = {p.path: m and m.ses for p, m, _ in pair_scans(
+        collect_inventory(options(root, tmp_path), config()), config().cohort)}
+    for inv in (mri_only, pet_only, alone, both):
+        for pet, m, _ in pair_scans(inv, config().cohort):
+            assert whole[pet.path] == (m and m.ses)
 
 
 def test_session_label_counts_centiloid_over_the_whole_subject(tmp_path):

@@ -119,9 +119,10 @@ def select_sessions(inv: Inventory, labels: Sequence[str], cohort: CohortConfig,
     """The part of ``inv`` that ``--session-label`` selects, with each session's partners.
 
     Kept: MRI sessions and PET scans whose session label is in ``labels``; the
-    PET scans paired (:func:`pair_scans`, on the whole inventory) with a kept
-    MRI session; the MRI session a kept PET is paired with. Each partner added
-    is logged with the reason. Pairing the result again gives the same pairs.
+    PET scans paired (:func:`pair_scans`, on the whole inventory) with one of
+    those MRI sessions; the MRI session each of those PET scans is paired with.
+    Each partner added is logged with the reason. Pairing the result again gives
+    the same pairs (each kept PET's partner is kept, and is still the closest).
     """
     chosen = set(labels)
     pairs = pair_scans(inv, cohort, teacher_contrasts)
