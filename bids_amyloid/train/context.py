@@ -77,8 +77,9 @@ def make_datasets(cohort: pd.DataFrame, out: Path, contrasts: tuple[str, ...], c
     """Datasets per split over rows whose slice caches exist; the others are reported."""
     usable, missing = check_caches(cohort, out, contrasts, with_pet=True)
     if len(missing):
-        LOG.warning("%d cohort rows lack slice caches and are left out (listed in %s); "
-                    "run the participant level for them", len(missing), GroupRun(folder).missing)
+        LOG.warning("%d cohort rows lack slice caches, or their PET was registered through "
+                    "another MRI session, and are left out (reasons in %s); run the participant "
+                    "level for them", len(missing), GroupRun(folder).missing)
         if writer:
             write_tsv(GroupRun(folder).missing, missing)
     data = {}
