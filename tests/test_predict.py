@@ -458,18 +458,6 @@ def test_predict_runs_mri_preprocessing_on_a_simulated_mri_only_dataset(tmp_path
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp, "caches were not rewritten"
 
 
-def test_demo_schedule_is_a_valid_configuration(tmp_path: Path) -> None:
-    from bids_amyloid.config import load_config
-    from bids_amyloid.demo import BACKBONE, SCHEDULE, main
-
-    path = tmp_path / "schedule.toml"
-    path.write_text(SCHEDULE)
-    cfg = load_config(path)
-    assert cfg.model.backbone == BACKBONE
-    assert cfg.pretrain.max_epochs + cfg.contrastive.max_epochs + cfg.distill.max_epochs <= 12
-    assert main([str(tmp_path / "demo"), "--subjects", "4"]) == 64
-
-
 def test_failed_preprocessing_is_reported_and_the_rest_predicted(tmp_path: Path,
                                                                   model_file: Path) -> None:
     out = tmp_path / "out"
