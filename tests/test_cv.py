@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from train_fixtures import synthetic_run, write_small_config
 
-from bids_amyloid import cli
+from bids_amyloid import cli, derivatives
 from bids_amyloid.config import CohortConfig
 from bids_amyloid.train import loop
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("cv")]  # one module fixture
 
 K = 3
+MISSING = "sub-09"   # no slice cache: in no fold
 
 
 class Killed(Exception):
@@ -42,7 +43,10 @@ def _copy_cohort(out: Path, src: str, dst: str) -> None:
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cv")
     out = tmp / "out"
-    bids, cohort = synthetic_run(out, n_subjects=9, n_kept=8, run_name="cv")
+    bids, cohort = synthetic_run(out, n_subjects=10, n_kept=8, run_name="cv")
+    cache = derivatives.mri_slice_cache(out, MISSING.removeprefix("sub-"), "01", "T1w")
+    cache.unlink()                                  # a subject the participant level missed
+    derivatives.sidecar_of(cache).unlink()
     config = write_small_config(tmp / "small.toml")
     assert _group(bids, out, config, "cv") == 0
     return bids, out, config, cohort
@@ -86,9 +90,12 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
     _, out, _, cohort = finished
     run = out / "group" / "cv"
     oof = pd.read_csv(run / "oof_predictions.tsv", sep="\t")
-    # every cohort row exactly once out of fold, predicted by the fold that held it out
+    # every usable cohort row exactly once out of fold, predicted by the fold that held it out
     key = ["participant_id", "pet_session"]
-    assert sorted(map(tuple, oof[key].to_numpy())) == sorted(map(tuple, cohort[key].to_numpy()))
+    usable = cohort[cohort["participant_id"] != MISSING]
+    assert sorted(map(tuple, oof[key].to_numpy())) == sorted(map(tuple, usable[key].to_numpy()))
+    missing = pd.read_csv(run / "missing.tsv", sep="\t")
+    assert set(missing["participant_id"]) == {MISSING}
     for k in range(K):
         fold = pd.read_csv(run / f"fold-{k}" / "cohort.tsv", sep="\t")
         held = set(fold.loc[fold["split"] == "test", "participant_id"])
@@ -104,7 +111,7 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
 
     assert table.loc["pooled", "auc"] == pytest.approx(roc_auc_score(oof["label"],
                                                                      oof["probability"]))
-    assert table.loc["pooled", "n"] == len(cohort)
+    assert table.loc["pooled", "n"] == len(usable)
     # each fold's own calibration (fitted on its validation fold), then pooled
     assert table.loc["pooled_calibrated", "auc"] == pytest.approx(
         roc_auc_score(oof["label"], oof["probability_calibrated"]))

@@ -57,6 +57,7 @@ from bids_amyloid.evaluation import (
 )
 from bids_amyloid.io import write_json, write_tsv
 from bids_amyloid.train.context import Run, make_datasets
+from bids_amyloid.train.data import check_caches
 from bids_amyloid.train.outputs import evaluate
 from bids_amyloid.train.plan import NO_TEACHER
 from bids_amyloid.train.stages import train_stages
@@ -221,8 +222,14 @@ def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
     rank 0, None elsewhere.
     """
     k = base.cfg.train.cv_folds
+    usable, missing = check_caches(cohort, base.opts.output_dir, contrasts, with_pet=True)
+    if len(missing):        # folds over the rows that can be used: every one tested once
+        LOG.warning("%d cohort rows lack slice caches and are left out of every fold (listed in "
+                    "%s); run the participant level for them", len(missing), base.files.missing)
+        if base.writer:
+            write_tsv(base.files.missing, missing)
     folds = [run_fold(base, fold, fc, phases, contrasts)
-             for fold, fc in enumerate(fold_cohorts(cohort, k, base.cfg.cohort))]
+             for fold, fc in enumerate(fold_cohorts(usable, k, base.cfg.cohort))]
     if not base.writer:
         return None
     model = student_name(base)
