@@ -258,13 +258,13 @@ def test_chain_participant_config_to_group_to_predict(tmp_path: Path,
     gives the group level's validation/test probabilities; a cohort whose caches mix two
     parameter sets is refused naming the field; re-runs are no-ops.
 
-    4 simulated subjects (small), PET and MRI in different sessions: ``--session-label
+    4 simulated subjects (size tiny), PET and MRI in different sessions: ``--session-label
     d0000`` selects one PET or MRI session per subject and its partner (4 MRI + 4 PET).
     """
     from bids_amyloid.models import read_model_file
     from bids_amyloid.simulate import simulate_cohort
 
-    bids = simulate_cohort(tmp_path / "bids", 4, seed=2, size="small")
+    bids = simulate_cohort(tmp_path / "bids", 4, seed=2, size="tiny")
     out = tmp_path / "out"
     pconf = tmp_path / "participant.toml"
     pconf.write_text(PARTICIPANT_TOML)
