@@ -1,6 +1,6 @@
 """Typed, frozen configuration with the paper's defaults.
 
-Every value of the reference protocol (Chiumento et al., 2026; see DESIGN.md)
+Every value of the reference protocol (Chiumento et al., 2026; see docs/protocol.md)
 lives here once. A run's configuration is built from these defaults, then a
 TOML file (``--config``), then only the flags the user actually typed. The
 resolved configuration is written next to every output and into every model

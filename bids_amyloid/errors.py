@@ -1,6 +1,6 @@
 """Errors that end a run, each with the exit code the CLI returns.
 
-Exit codes follow the BIDS-Apps / sysexits conventions listed in DESIGN.md.
+Exit codes follow the BIDS-Apps / sysexits conventions listed in docs/protocol.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Heads on top of the per-slice ViT features (sizes from DESIGN.md, "Network").
+"""Heads on top of the per-slice ViT features (sizes from docs/protocol.md, "Network").
 
 - :class:`ProjectionHead`: Linear D→256, LayerNorm, GELU, Dropout, Linear 256→128,
   LayerNorm, Dropout.

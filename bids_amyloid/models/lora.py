@@ -1,6 +1,6 @@
 """LoRA adapters on the ViT's attention, everything else frozen.
 
-Protocol (DESIGN.md, paper §C.3.1): r = 32, alpha = 32, dropout 0.1 on the
+Protocol (docs/protocol.md, paper §C.3.1): r = 32, alpha = 32, dropout 0.1 on the
 query, key, value and output projections of blocks 6–11. timm fuses q, k and
 v into one ``attn.qkv`` Linear (D → 3D); each of its three output slices gets
 its own rank-r adapter, as separate q/k/v projections would (the reference

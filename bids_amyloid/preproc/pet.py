@@ -1,6 +1,6 @@
 """PET: frame averaging, 8 mm smoothing, PET → MRI → template, SUVR.
 
-Chain (DESIGN.md, "PET preprocessing")::
+Chain (docs/protocol.md, "PET preprocessing")::
 
     4D PET ──frames of the tracer's late window, rigidly realigned, mean weighted
              by FrameDuration (preproc/frames.py)──▶ 3D mean

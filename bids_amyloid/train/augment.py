@@ -13,7 +13,7 @@ Values: MRI is in [0, 1] and is clamped back to it after the intensity
 steps; PET is scaled SUVR, unbounded above, and is never clamped (a clamp
 would cut high uptake in training that evaluation sees uncut).
 
-DESIGN.md values (``AugmentConfig``): affine ±7°, translate 5 %, scale
+docs/protocol.md values (``AugmentConfig``): affine ±7°, translate 5 %, scale
 0.95–1.05; brightness/contrast ±0.1; Gaussian blur k=3 (σ ∈ [0.1, 2]) p=0.3;
 gamma U[0.9, 1.1] p=0.5; Gaussian noise σ ∈ U[0.01, 0.03] p=0.5; random
 erasing p=0.25 of 5–12 % of the area (aspect 0.3–3.3), value 0.

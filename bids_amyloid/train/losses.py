@@ -1,4 +1,4 @@
-"""Loss functions of the three phases (DESIGN.md, phases 1–3).
+"""Loss functions of the three phases (docs/protocol.md, phases 1–3).
 
 Every term returns a tensor that carries gradient — including the phase-2
 anti-collapse penalties, which the reference code computed under ``no_grad``.

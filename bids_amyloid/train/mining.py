@@ -1,7 +1,7 @@
 """Centiloid-aware negative mining for the phase-2 triplets.
 
 For an anchor (one MRI–PET pair), the negative is the PET of *another subject*
-whose Centiloid differs by at least ``gap`` (DESIGN.md: δ = 5). Fallback 1:
+whose Centiloid differs by at least ``gap`` (docs/protocol.md: δ = 5). Fallback 1:
 the other subject's sample with the largest |ΔCL|; fallback 2 (no usable
 Centiloid): any other subject's sample. The pool is the training set; the
 negative's PET is then read from its memory-mapped slice cache.
