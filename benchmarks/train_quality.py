@@ -113,6 +113,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=64, help="model input (px, multiple of 16)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--report-only", action="store_true",
+                   help="only summarise the finished runs (e.g. after runs in two processes)")
     return p.parse_args()
 
 
@@ -330,12 +332,12 @@ def verdict(table: pd.DataFrame) -> list[str]:
 def main() -> None:
     args = parse()
     args.out.mkdir(parents=True, exist_ok=True)
-    bids = prepare_data(args)
+    bids = args.bids if args.report_only else prepare_data(args)
     config = group_config(args)
     seconds: dict[str, float] = {}
     order = ["baseline", *[v for v in args.variants if v != "baseline"]]
     for variant in order:
-        if variant == "baseline" and "baseline" not in args.variants:
+        if args.report_only or (variant == "baseline" and "baseline" not in args.variants):
             continue
         seconds[variant] = run_variant(args, bids, config, variant)
         print(f"--- {variant}: {seconds[variant] / 60:.1f} min", flush=True)
