@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--participant-label", "--participant_label", nargs="+", default=[],
                      metavar="LABEL", help="subjects to process, with or without 'sub-'")
     sel.add_argument("--session-label", "--session_label", nargs="+", default=[],
-                     metavar="LABEL", help="sessions to process, with or without 'ses-'")
+                     metavar="LABEL", help=("sessions to process, with or without 'ses-'; a selected MRI session "
+                           "brings the PET paired with it and a selected PET its MRI session, "
+                           "even from other sessions (OASIS layouts; the log says which)"))
     sel.add_argument("--bids-filter-file", type=Path, metavar="FILE",
                      help="JSON of pybids filters per query (t1w, t2w, flair, t2starw, pet)")
     sel.add_argument("--skip-bids-validation", "--skip_bids_validation", action="store_true")
