@@ -11,7 +11,7 @@ command line, as a user would type it:
    placed through the rigid MRI transform; :data:`CONFIG`);
 3. group level ``--stage all``: teacher (PET + MRI) and distilled MRI-only
    student, with a tiny randomly initialised ViT (``test_vit``, 32 px, 6 slices)
-   and a schedule of a few hundred optimiser steps;
+   and a schedule of 8 + 2 + 30 epochs (phase 3: ~390 optimiser steps);
 4. group level ``--stage distill --ablate no-teacher`` in the same run: the
    same student trained without a teacher, the baseline distillation must beat;
 5. predict, MRI only, on a handful of subjects that neither level has seen
@@ -75,8 +75,9 @@ voi_registration = "rigid"
 
 # Group level: a tiny randomly initialised ViT on 32 px slices and a short schedule
 # (the paper's is BiomedCLIP ViT-B/16, 224 px, 30 + 15 + 100 epochs). Phase 3 is
-# sized in optimiser steps (one per batch) and its re-initialised classifier layer
-# starts at zero, so the label, not a random draw, sets its direction.
+# sized in optimiser steps: one per batch, 30 epochs of ~13 batches (~390 steps) at
+# a head learning rate of 1e-3, and its re-initialised classifier layer starts at
+# zero, so the label, not a random draw, sets its direction.
 [model]
 backbone = "test_vit"
 image_size = 32
@@ -91,7 +92,7 @@ device = "cpu"
 enabled = false
 
 [pretrain]
-max_epochs = 4
+max_epochs = 8
 batch_size = 6
 lr = 5e-4
 
@@ -103,10 +104,13 @@ lr_backbone = 5e-5
 lr_classifier = 2e-4
 
 [distill]
-max_epochs = 6
+max_epochs = 30
 batch_size = 6
 accumulation = 1
 reinit_gain = 0.0
+lr_heads = 1e-3
+lr_projection = 5e-4
+lr_lora = 5e-4
 """
 BANNER = ("SYNTHETIC DATA, tiny randomly initialised backbone ({backbone}, 32 px), short "
           "schedule, CPU-sized preprocessing: the demo shows whether the pipeline learns the "
