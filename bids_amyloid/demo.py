@@ -1,6 +1,7 @@
 """End-to-end demo on synthetic data, CPU only: ``python -m bids_amyloid.demo OUTDIR``.
 
-``make demo`` runs it (about 10 minutes on 2 cores). Every step is the app's own
+``make demo`` runs it (about 10 CPU-minutes, most in two parallel processes; it prints
+each step's wall and CPU time and the load average). Every step is the app's own
 command line, as a user would type it:
 
 1. simulate a synthetic cohort (``bids-amyloid-simulate --size tiny``: one
