@@ -178,9 +178,9 @@ app help "$UID_GID" 0 -- --help
 check "--help lists the three levels" log_has help "participant,group,predict"
 app simulate "$UID_GID" 0 -v "$SIM:/sim" --entrypoint bids-amyloid-simulate -- \
     /sim/bids --subjects $((SUBJECTS + HELD_OUT)) --size small --seed 7 --nprocs 2
-# the demo's short schedule (deepbet, vit_tiny, a few epochs), from the image itself
+# the demo's CPU protocol (deepbet, a tiny test ViT, a short schedule), from the image itself
 app schedule "$UID_GID" 0 --entrypoint python -- \
-    -c "from bids_amyloid.demo import SCHEDULE; print(SCHEDULE, end='')"
+    -c "from bids_amyloid.demo import CONFIG; print(CONFIG, end='')"
 cp "$WORK/logs/schedule.log" "$CFG/schedule.toml"
 mapfile -t SUBS < <(find "$SIM/bids" -maxdepth 1 -name 'sub-*' -type d -printf '%f\n' | sort | sed 's/^sub-//')
 TRAIN=("${SUBS[@]:0:SUBJECTS}")
@@ -193,8 +193,7 @@ say "participant → group → predict as $UID_GID"
 app participant "$UID_GID" 0 "${IO[@]}" -- /bids /out participant \
     --participant-label "${TRAIN[@]}" --config /cfg/schedule.toml --nprocs 2
 app group "$UID_GID" 0 --shm-size 1g "${IO[@]}" -- /bids /out group --stage all --run-name demo \
-    --participant-label "${TRAIN[@]}" --config /cfg/schedule.toml \
-    --backbone vit_tiny_patch16_224 --skip-bids-validation
+    --participant-label "${TRAIN[@]}" --config /cfg/schedule.toml --skip-bids-validation
 app predict "$UID_GID" 0 "${IO[@]}" -- /bids /out predict \
     --model /out/group/demo/student_T1w.pt --participant-label "${HELD[@]}" --saliency --nprocs 2
 check "participant outputs" exists "$OUT/dataset_description.json"
