@@ -286,6 +286,31 @@ def test_hdbet_import_touches_no_home(tmp_path: Path, monkeypatch) -> None:
     assert list(home.iterdir()) == []
 
 
+def test_hdbet_lean_forward_equals_the_packages_forward() -> None:
+    """Our in-place forward pass computes HD-BET's own ``Network.forward`` (float32)."""
+    import torch
+
+    from bids_amyloid.preproc import skullstrip
+
+    net, params = skullstrip._hdbet_networks("fast", "cpu")
+    skullstrip._set_conv_dtype(net, torch.float32)
+    net.load_state_dict(params[0])
+    # a bright ellipsoidal "head" with a darker core in a smooth noisy background
+    z, y, x = np.mgrid[:32, :48, :48].astype(np.float32)
+    head = ((z - 16) / 13) ** 2 + ((y - 24) / 20) ** 2 + ((x - 24) / 18) ** 2 < 1
+    core = ((z - 16) / 9) ** 2 + ((y - 24) / 14) ** 2 + ((x - 24) / 12) ** 2 < 1
+    vol = 2.0 * head - 0.8 * core + np.random.default_rng(0).normal(0, 0.1, head.shape)
+    vol = ((vol - vol.mean()) / vol.std()).astype(np.float32)
+    inp = torch.from_numpy(vol)[None, None]
+    with torch.inference_mode():
+        theirs = net(inp)[0, 1].numpy()  # the package's forward (deep supervision off)
+        ours = skullstrip._forward(net, inp.contiguous(memory_format=torch.channels_last_3d))
+    ours = ours.numpy()
+    assert 0.01 < (theirs > 0.5).mean() < 0.99  # a non-trivial output to compare
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert np.array_equal(ours > 0.5, theirs > 0.5)
+
+
 def test_affine_voi_placement_follows_head_size(tmp_path: Path) -> None:
     """A head 10 % larger than the template (rigidly aligned): the affine VOI map recovers
     the scale, and the moved cerebellum VOI matches the subject's cerebellum."""
