@@ -169,13 +169,19 @@ def _use_bf16(device: str) -> bool:
 
 
 def _norm_lrelu_(x: Any, norm: Any, slope: float) -> Any:
-    """Instance norm (the input's own statistics, as HD-BET runs) + leaky ReLU, in place."""
+    """Instance norm (the input's own statistics, as HD-BET runs) + leaky ReLU, in place.
+
+    For one image, instance norm is batch norm with batch statistics; torch's
+    batch-norm kernel writes its output over its input (statistics first, in
+    float), several times faster than ``var_mean`` on bfloat16 channels-last.
+    """
     import torch
 
-    var, mean = torch.var_mean(x, dim=(2, 3, 4), keepdim=True, correction=0)
-    scale = norm.weight.view(1, -1, 1, 1, 1).float() * torch.rsqrt(var.float() + norm.eps)
-    shift = norm.bias.view(1, -1, 1, 1, 1).float() - mean.float() * scale
-    x.mul_(scale.to(x.dtype)).add_(shift.to(x.dtype))
+    if x.shape[0] != 1:
+        raise ValueError(f"one image at a time, got a batch of {x.shape[0]}")
+    mean, invstd = x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
+    torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
+                            out=(x, mean, invstd))
     return torch.nn.functional.leaky_relu_(x, slope)
 
 
