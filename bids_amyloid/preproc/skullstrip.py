@@ -51,6 +51,7 @@ HDBET_SPACING = 1.5  # mm, the network's training resolution
 HDBET_FOLDS = {"fast": (0,), "accurate": (0, 1, 2, 3, 4)}
 HEAD_MARGIN_MM = 10.0
 HEAD_HEIGHT_MM = 200.0  # kept below the top of the head (plus margin)
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
 # Test-time augmentation: axes of the network array (z, y, x) to mirror, one pass each.
 # "lr" = plain + left-right mirror; "all" = HD-BET's own eight mirror combinations.
 MIRRORS: dict[str, tuple[tuple[int, ...], ...]] = {
@@ -154,6 +155,26 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     return labels == int(np.argmax(sizes))
+
+
+def _return_freed_memory() -> None:
+    """Have glibc give blocks of 1 MB and more back to the system as soon as they are freed.
+
+    By default glibc keeps freed blocks of up to 32 MB in its heap for reuse;
+    across N4, HD-BET's passes and numpy's temporaries that retained heap adds
+    ~0.12 GB to the session's peak. No effect (and no error) on other C libraries.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = getattr(libc, "mallopt", None)
+    except OSError:
+        mallopt = None
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, 1 << 20)
 
 
 def _use_bf16(device: str) -> bool:
@@ -277,6 +298,7 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
 
     set_threads(threads)
     torch.set_num_threads(max(1, threads))
+    _return_freed_memory()
     net, params = _hdbet_networks(mode, device)
     half = bf16 and _use_bf16(device)
     data = np.nan_to_num(np.asarray(image.dataobj, np.float32))
