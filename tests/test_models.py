@@ -551,7 +551,7 @@ def test_other_bad_model_files(tmp_path):
     payload = read_model_file(save_model(tmp_path / "new.pt", build_student(TINY, ("T1w",)),
                                          TINY, {}))
     torch.save({**payload, "format_version": 1}, tmp_path / "old.pt")   # one adapter on qkv
-    with pytest.raises(ModelFileError, match="older bids-amyloid.*train the model again"):
+    with pytest.raises(ModelFileError, match=r"older bids-amyloid.*train the model again"):
         load_model(tmp_path / "old.pt")
     assert not (tmp_path / "m.pt").exists()
 
