@@ -126,7 +126,6 @@ def run_mri(task: tuple[Path, Path, dict[str, Any], int, Path]) -> dict[str, Any
         set_threads(threads)
     with step("load", steps, rss):
         image = load_mri(t1)
-        template, tmask = load_template(cfg), load_template_mask(cfg)
     with step("n4", steps, rss):
         corrected = n4_correct(image, cfg, threads=threads)
     with step("skullstrip", steps, rss):
@@ -136,6 +135,8 @@ def run_mri(task: tuple[Path, Path, dict[str, Any], int, Path]) -> dict[str, Any
     with step("intensity", steps, rss):
         norm = normalise_intensity(corrected, mask, cfg.clip_percentiles, cfg.gamma)
     with step("register", steps, rss):
+        # loaded here, as preproc.mri does: not held in memory through skull stripping
+        template, tmask = load_template(cfg), load_template_mask(cfg)
         fit = register_rigid(template, norm, cfg, threads=threads, work=work, fixed_mask=tmask)
     with step("resample", steps, rss):
         for img in (norm, mask):

@@ -100,16 +100,18 @@ def _process_contrast(contrast: str, path: Path, cfg: PreprocConfig, work: Path,
         corrected = n4_correct(image, cfg, threads=threads)
     except ValueError as err:
         raise InputDataError(f"{path}: N4 bias correction failed ({err})") from err
+    affine = corrected.affine  # the input's, kept by n4_correct
+    del image  # the raw volume is not needed past N4 (peak memory during skull stripping)
     lap("n4")
     mask = skull_strip(corrected, cfg.skull_strip, tta=cfg.hdbet_tta, mode=cfg.hdbet_mode,
                        mirrors=cfg.hdbet_tta_mirrors, threads=threads, bf16=cfg.hdbet_bf16)
     mask_data = np.asarray(mask.dataobj) > 0
-    voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+    voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     volume_ml = float(mask_data.sum()) * voxel_ml
     if not MIN_BRAIN_ML <= volume_ml <= MAX_BRAIN_ML:
         raise InputDataError(f"{path}: brain extraction gave an implausible {volume_ml:.0f} ml "
                              f"(expected {MIN_BRAIN_ML:.0f}–{MAX_BRAIN_ML:.0f} ml)")
-    brain = nib.Nifti1Image(np.asarray(corrected.dataobj) * mask_data, image.affine)
+    brain = nib.Nifti1Image(np.asarray(corrected.dataobj) * mask_data, affine)
     lap("skullstrip")
     try:
         normalised = normalise_intensity(corrected, mask, cfg.clip_percentiles, cfg.gamma)
