@@ -311,6 +311,27 @@ def test_hdbet_lean_forward_equals_the_packages_forward() -> None:
     assert np.array_equal(ours > 0.5, theirs > 0.5)
 
 
+def test_hdbet_in_place_norm_equals_instance_norm_on_views() -> None:
+    """The in-place norm equals torch's instance norm, also on a strided part of a buffer."""
+    import torch
+
+    from bids_amyloid.preproc import skullstrip
+
+    norm = torch.nn.InstanceNorm3d(6, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    buf = (torch.randn(1, 12, 8, 10, 12) * 3 + 2).contiguous(memory_format=torch.channels_last_3d)
+    for part in (buf[:, :6].clone(), buf[:, 6:]):  # contiguous, then a channel slice (strided)
+        expected = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(
+            part.contiguous(), weight=norm.weight, bias=norm.bias), 0.1)
+        with torch.inference_mode():
+            skullstrip._norm_lrelu_(part, norm, 0.1)
+        torch.testing.assert_close(part, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one image"):
+        skullstrip._norm_lrelu_(torch.zeros(2, 6, 4, 4, 4), norm, 0.1)
+
+
 def test_affine_voi_placement_follows_head_size(tmp_path: Path) -> None:
     """A head 10 % larger than the template (rigidly aligned): the affine VOI map recovers
     the scale, and the moved cerebellum VOI matches the subject's cerebellum."""

@@ -200,9 +200,13 @@ def _norm_lrelu_(x: Any, norm: Any, slope: float) -> Any:
 
     if x.shape[0] != 1:
         raise ValueError(f"one image at a time, got a batch of {x.shape[0]}")
-    mean, invstd = x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
-    torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
-                            out=(x, mean, invstd))
+    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d):
+        mean, invstd = x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
+        torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
+                                out=(x, mean, invstd))
+    else:  # a strided view: the kernel cannot write over it (wrong values, no error)
+        x.copy_(torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0,
+                                        norm.eps)[0])
     return torch.nn.functional.leaky_relu_(x, slope)
 
 
