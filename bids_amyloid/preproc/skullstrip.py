@@ -178,7 +178,7 @@ def _return_freed_memory() -> None:
 
 
 def _use_bf16(device: str) -> bool:
-    """Whether bfloat16 autocast is fast here (native CPU support, or a CUDA device)."""
+    """Whether bfloat16 convolutions are fast here (native CPU support, or a CUDA device)."""
     import torch
 
     if device != "cpu":
