@@ -12,8 +12,8 @@
 #      the Hugging Face hub), the system CA bundle passed as a build secret;
 #   3. run the app in containers with --network none --read-only --tmpfs /tmp,
 #      as the invoking user, BIDS input mounted read-only, output read-write:
-#      --version, --help, simulate a small cohort, participant → group (vit_tiny,
-#      the demo's short schedule via --config) → predict, a bad invocation (64),
+#      --version, --help, simulate a small cohort, participant → group (a tiny test ViT,
+#      the demo's CPU protocol via --config) → predict, a bad invocation (64),
 #      a missing input (66), the missing-weights message (66), a weights mount;
 #      when the invoking user is root, participant + predict again as 1000:1000;
 #   4. check: outputs exist and belong to the user who ran the container, the
