@@ -337,7 +337,7 @@ def test_plan_and_teacher_settings_checks(tmp_path):
 def test_distill_net_keeps_teacher_frozen_in_eval_mode():
     from bids_amyloid.config import AppConfig, ModelConfig
     from bids_amyloid.models import build_student, build_teacher, prepare_slices
-    from bids_amyloid.train.phases import DistillNet
+    from bids_amyloid.train.nets import DistillNet
 
     cfg = AppConfig(model=ModelConfig(backbone="test_vit", image_size=32))
     torch.manual_seed(0)
@@ -426,7 +426,7 @@ def test_phase2_warm_restarts_count_epochs_not_steps(tmp_path):
 def test_student_without_teacher_learns_from_its_classification_loss_alone():
     from bids_amyloid.config import AppConfig, ModelConfig
     from bids_amyloid.models import build_student, prepare_slices
-    from bids_amyloid.train.phases import DistillNet
+    from bids_amyloid.train.nets import DistillNet
 
     cfg = AppConfig(model=ModelConfig(backbone="test_vit", image_size=32))
     torch.manual_seed(0)

@@ -15,9 +15,9 @@ from bids_amyloid.derivatives import GroupRun
 from bids_amyloid.errors import InputMissingError, UsageError
 from bids_amyloid.io import write_tsv
 from bids_amyloid.options import RunOptions
+from bids_amyloid.train.batches import PhaseContext
 from bids_amyloid.train.data import SliceCacheDataset, check_caches, make_loader
 from bids_amyloid.train.dist import Dist
-from bids_amyloid.train.phases import PhaseContext
 
 LOG = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")

@@ -6,7 +6,8 @@ per-epoch seeding, AMP for training only (bf16, or fp16 with a gradient scaler, 
 CUDA; evaluation runs in fp32 under :func:`full_precision`),
 gradient accumulation, clipping, the LR scheduler, validation, checkpoint
 selection, early stopping, per-epoch checkpoints (model, optimiser,
-scheduler, scaler, RNG state, history) so ``--resume`` continues exactly, the
+scheduler, scaler, RNG state, history; files in :mod:`.checkpoints`) so
+``--resume`` continues exactly, the
 ``training.tsv`` log and DDP (only rank 0 writes).
 
 Every epoch starts by reseeding all random generators from ``(seed, phase,
@@ -35,7 +36,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bids_amyloid.derivatives import CheckpointFolder
-from bids_amyloid.io import atomic_path, write_json, write_text, write_tsv
+from bids_amyloid.io import write_json, write_text, write_tsv
+from bids_amyloid.train.checkpoints import (
+    load_checkpoint,
+    load_trainable_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    trainable_state,
+)
 
 LOG = logging.getLogger(__name__)
 # "no-teacher" (phase 3 without a teacher) draws the same batches and augmentations as "distill"
@@ -128,50 +137,6 @@ def full_precision() -> Iterator[None]:
             yield
     finally:
         torch.set_float32_matmul_precision(before)
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Parameters that train, plus buffers: what a checkpoint must hold."""
-    keep = {n for n, p in model.named_parameters() if p.requires_grad}
-    keep |= {n for n, _ in model.named_buffers()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k in keep}
-
-
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
-    """Load a :func:`trainable_state`; every trainable parameter must be in it."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    needed = {n for n, p in model.named_parameters() if p.requires_grad}
-    absent = sorted(set(missing) & needed)
-    if absent or unexpected:
-        raise ValueError(f"{source}: checkpoint does not fit the model "
-                         f"(missing {absent[:5]}, unexpected {list(unexpected)[:5]})")
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state(),
-                             "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for bad files
-        raise ValueError(f"{path}: cannot read checkpoint ({err})") from err
 
 
 class TrainingLog:
@@ -430,13 +395,3 @@ class Trainer:
 
     def _stopped(self) -> bool:
         return self.bad_epochs >= self.task.patience
-
-
-def load_best(model: nn.Module, ckpt_dir: Path, key: str) -> int:
-    """Load ``best_<key>.pt`` into ``model``; return its epoch."""
-    path = CheckpointFolder(ckpt_dir).best(key)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no best checkpoint (did the phase run any epoch?)")
-    ck = load_checkpoint(path)
-    load_trainable_state(model, ck["model"], path)
-    return int(ck["epoch"])

@@ -1,10 +1,10 @@
 """The three training phases as small task objects for :class:`~bids_amyloid.train.loop.Trainer`.
 
-A phase is its network-with-losses (an ``nn.Module`` whose ``forward(batch)``
-returns a dict of losses, so DDP can wrap it), its optimiser groups, its
+A phase is its network-with-losses (:mod:`.nets`: an ``nn.Module`` whose
+``forward(batch)`` returns a dict of losses, so DDP can wrap it), its optimiser groups, its
 scheduler and clipping, its per-epoch schedule values, its batch preparation
-(device transfer, augmentation, negatives, contrast dropout) and its
-validation with the checkpoint-selection scores:
+(device transfer and augmentation in :mod:`.batches`; negatives, contrast
+dropout here) and its validation with the checkpoint-selection scores:
 
 ========== ==================================== =========================================
 phase      loss                                 selection (maximised on validation)
@@ -24,101 +24,28 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
 
 from bids_amyloid.config import AppConfig
 from bids_amyloid.errors import InputMissingError
-from bids_amyloid.evaluation import auc, best_threshold, binary_metrics
-from bids_amyloid.train import losses, schedules
-from bids_amyloid.train.augment import augment_sample_images
+from bids_amyloid.train import schedules
+from bids_amyloid.train.batches import PhaseContext, classification, collect, prepare_images, subset
 from bids_amyloid.train.data import SliceCacheDataset
 from bids_amyloid.train.loop import EpochRNG, full_precision
 from bids_amyloid.train.mining import NegativePool
+from bids_amyloid.train.nets import ContrastiveNet, DistillNet, PretrainNet
 
 if TYPE_CHECKING:
     from bids_amyloid.models import Teacher
 
 LOG = logging.getLogger(__name__)
 VAL_MINING_SEED = 12345
-
-
-def model_images(x: Tensor, cfg: AppConfig) -> Tensor:
-    """Slices (…, H, W) in [0, 1] → model images (…, 3, S, S): resized, 3 channels, CLIP-normalised.
-
-    Uses :func:`bids_amyloid.models.prepare_slices`, the helper predict uses too.
-    """
-    from bids_amyloid.models import prepare_slices
-
-    return prepare_slices(x, mean=cfg.model.clip_mean, std=cfg.model.clip_std,
-                          size=cfg.model.image_size)
-
-
-@dataclass
-class PhaseContext:
-    """What every phase needs besides its model."""
-
-    cfg: AppConfig
-    device: torch.device
-    train: SliceCacheDataset
-    val: SliceCacheDataset
-    val_loader: DataLoader
-    teacher_contrasts: tuple[str, ...]
-    student_contrasts: tuple[str, ...]
-    images: Callable[[Tensor, AppConfig], Tensor] = model_images
-    wrap: Callable[[nn.Module], nn.Module] = lambda m: m   # DDP wrapper under torchrun
-
-
-# -- batch preparation ------------------------------------------------------------------------
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in batch.items():
-        if isinstance(value, dict):
-            out[key] = {k: v.to(device, non_blocking=True) for k, v in value.items()}
-        elif isinstance(value, Tensor):
-            out[key] = value.to(device, non_blocking=True)
-        else:
-            out[key] = value
-    return out
-
-
-def prepare_images(batch: dict[str, Any], ctx: PhaseContext, rngs: EpochRNG | None,
-                   extra: dict[str, Tensor] | None = None) -> dict[str, Any]:
-    """Move to the device, augment (if ``rngs``; one draw per slice, shared by its MRI
-    contrasts and PET; MRI clamped to [0, 1], PET never), and convert to model input
-    (:func:`model_images`).
-
-    ``extra`` images (e.g. a negative's PET) are augmented with their own draw.
-    """
-    batch = _to(batch, ctx.device)
-    images: dict[str, Tensor] = {f"mri:{c}": v.float() for c, v in batch["mri"].items()}
-    if "pet" in batch:
-        images["pet"] = batch["pet"].float()
-    if rngs is not None and ctx.cfg.augment.enabled:
-        images = augment_sample_images(images, ctx.cfg.augment, rngs.augment,
-                                       clamped=[k for k in images if k.startswith("mri:")])
-        if extra:
-            extra = augment_sample_images({k: v.to(ctx.device).float() for k, v in extra.items()},
-                                          ctx.cfg.augment, rngs.augment, clamped=())
-    for key, value in {**images, **(extra or {})}.items():
-        model_in = ctx.images(value.to(ctx.device), ctx.cfg)
-        if key.startswith("mri:"):
-            batch["mri"][key[4:]] = model_in
-        else:
-            batch[key] = model_in
-    batch["label"] = batch["label"].float()
-    return batch
-
-
-def subset(batch: dict[str, Any], contrasts: tuple[str, ...]) -> tuple[dict, dict]:
-    return ({c: batch["mri"][c] for c in contrasts}, {c: batch["mri_mask"][c] for c in contrasts})
 
 
 def _named_groups(model: Any, spec: Sequence[tuple[str, tuple[str, ...], float, float]]
@@ -134,115 +61,6 @@ def _named_groups(model: Any, spec: Sequence[tuple[str, tuple[str, ...], float, 
         raise ValueError("the model has no trainable parameters")
     return groups
 
-
-@torch.no_grad()
-def collect(ctx: PhaseContext, forward: Callable[[dict[str, Any]], Any],
-            loader: DataLoader | None = None) -> dict[str, np.ndarray]:
-    """Run ``forward`` (returning logits (B,) and embeddings (B, D)) over ``loader``
-    (default: the validation set), without augmentation, in fp32 (:func:`full_precision`)."""
-    logits, embeds, labels, index = [], [], [], []
-    for raw in loader if loader is not None else ctx.val_loader:
-        batch = prepare_images(raw, ctx, None)
-        with full_precision():
-            logit, emb = forward(batch)
-        logits.append(logit.float().cpu())
-        embeds.append(emb.float().cpu())
-        labels.append(batch["label"].cpu())
-        index.append(batch["index"].cpu())
-    return {"logit": torch.cat(logits).numpy(), "embedding": torch.cat(embeds).numpy(),
-            "label": torch.cat(labels).numpy(), "index": torch.cat(index).numpy()}
-
-
-def _classification(out: dict[str, np.ndarray], grid: tuple[float, float, int]) -> dict[str, Any]:
-    probs = 1.0 / (1.0 + np.exp(-out["logit"]))
-    tau = best_threshold(out["label"], probs, grid)
-    at_half = binary_metrics(out["label"], probs, 0.5)
-    at_tau = binary_metrics(out["label"], probs, tau)
-    bce = float(F.binary_cross_entropy_with_logits(torch.as_tensor(out["logit"]),
-                                                   torch.as_tensor(out["label"])).item())
-    return {"bce": bce, "auc": auc(out["label"], probs), "f1@0.5": at_half["f1"],
-            "accuracy@0.5": at_half["accuracy"], "tau": tau, "f1@tau": at_tau["f1"],
-            "_probs": [float(p) for p in probs], "_labels": [int(v) for v in out["label"]]}
-
-
-# -- networks with their losses -----------------------------------------------------------------
-class PretrainNet(nn.Module):
-    """Phase 1: the teacher and its BCE."""
-
-    def __init__(self, teacher: nn.Module, contrasts: tuple[str, ...], pos_weight: float) -> None:
-        super().__init__()
-        self.teacher, self.contrasts, self.pos_weight = teacher, contrasts, pos_weight
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        mri, mask = subset(batch, self.contrasts)
-        out = self.teacher(mri, mask, batch["pet"], batch["pet_mask"])
-        bce = losses.bce_loss(out.logit.float(), batch["label"], self.pos_weight)
-        return {"loss": bce, "bce": bce}
-
-
-class ContrastiveNet(nn.Module):
-    """Phase 2: anchor (PET query over MRI), positive/negative PET embeddings, their losses."""
-
-    def __init__(self, teacher: Teacher, contrasts: tuple[str, ...], cfg: AppConfig) -> None:
-        super().__init__()
-        self.teacher, self.contrasts, self.c = teacher, contrasts, cfg.contrastive
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        mri, mask = subset(batch, self.contrasts)
-        out = self.teacher.forward_triplet(mri, mask, batch["pet"], batch["pet_mask"],
-                                           batch["neg_pet"], batch["neg_pet_mask"])
-        c = self.c
-        terms = losses.contrastive_terms(
-            out.anchor.embedding.float(), out.positive.float(), out.negative.float(),
-            out.anchor.logit.float(), batch["label"],
-            margin=c.margin, norm_weight=c.norm_weight, s=float(batch["s"]),
-            collapse_threshold=c.collapse_threshold, negative_cos_offset=c.negative_cos_offset,
-            negative_cos_weight=c.negative_cos_weight)
-        return {**terms, "_logit": out.anchor.logit.detach()}
-
-
-class DistillNet(nn.Module):
-    """Phase 3: the MRI-only student learning from the frozen teacher (kept in eval mode).
-
-    Without a teacher (``--ablate no-teacher``) the loss is the student's
-    classification term alone, ``a·MarginFocal`` (the KD terms need a teacher).
-    """
-
-    def __init__(self, student: nn.Module, teacher: nn.Module | None,
-                 teacher_contrasts: tuple[str, ...], cfg: AppConfig) -> None:
-        super().__init__()
-        self.student, self.teacher = student, teacher
-        self.teacher_contrasts, self.d = teacher_contrasts, cfg.distill
-        if self.teacher is not None:
-            self.teacher.requires_grad_(False)
-            self.teacher.eval()
-
-    def train(self, mode: bool = True) -> DistillNet:
-        super().train(mode)
-        if self.teacher is not None:
-            self.teacher.eval()
-        return self
-
-    def forward(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        t = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                mri_t, mask_t = subset(batch, self.teacher_contrasts)
-                t = self.teacher(mri_t, mask_t, batch["pet"], batch["pet_mask"])
-        s = self.student(batch["student_mri"], batch["student_mask"])
-        logit = s.logit.float()
-        focal = losses.margin_focal_loss(logit, batch["label"], margin=batch["margin"],
-                                         gamma=self.d.focal_gamma, gap_weight=batch["gap_weight"],
-                                         gap_coef=self.d.gap_coef)
-        if t is None:
-            return {"loss": batch["weights"][0] * focal["loss"], "focal": focal["focal"],
-                    "gap": focal["gap"]}
-        feat = losses.feature_kd_loss(s.embedding.float(), t.embedding.float())
-        kd = losses.logit_kd_loss(logit, t.logit.float(), batch["temperature"])
-        a, b, c = batch["weights"]
-        loss = a * focal["loss"] + b * feat + c * kd
-        return {"loss": loss, "focal": focal["focal"], "gap": focal["gap"], "feature_kd": feat,
-                "logit_kd": kd}
 
 
 # -- tasks -----------------------------------------------------------------------------------
@@ -300,7 +118,7 @@ class PretrainPhase(_Phase):
             out = self.model(*subset(b, contrasts), b["pet"], b["pet_mask"])
             return out.logit, out.embedding
 
-        return _classification(collect(self.ctx, forward), self.ctx.cfg.train.threshold_grid)
+        return classification(collect(self.ctx, forward), self.ctx.cfg.train.threshold_grid)
 
 
 class ContrastivePhase(_Phase):
@@ -382,7 +200,7 @@ class ContrastivePhase(_Phase):
             logits.append(out["_logit"].float().cpu())
             labels.append(batch["label"].cpu())
         w = np.asarray(sizes, float) / max(sum(sizes), 1)
-        metrics = _classification({"logit": torch.cat(logits).numpy(),
+        metrics = classification({"logit": torch.cat(logits).numpy(),
                                    "label": torch.cat(labels).numpy()},
                                   self.ctx.cfg.train.threshold_grid)
         c = self.ctx.cfg.contrastive
@@ -518,7 +336,7 @@ class DistillPhase(_Phase):
             return out.logit, out.embedding
 
         out = collect(self.ctx, forward)
-        metrics = _classification(out, self.ctx.cfg.train.threshold_grid)
+        metrics = classification(out, self.ctx.cfg.train.threshold_grid)
         if self.teacher is None:
             return metrics
         teacher = torch.as_tensor(self._teacher_embeddings())

@@ -19,16 +19,12 @@ from torch import nn
 from bids_amyloid.derivatives import CheckpointFolder
 from bids_amyloid.errors import InputMissingError, UsageError
 from bids_amyloid.evaluation import best_threshold, validation_entries
+from bids_amyloid.train.batches import collect, subset
+from bids_amyloid.train.checkpoints import load_best
 from bids_amyloid.train.context import Run, phase_context
 from bids_amyloid.train.data import WeightedEpochSampler, make_loader
-from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog, load_best, seed_all
-from bids_amyloid.train.phases import (
-    ContrastivePhase,
-    DistillPhase,
-    PretrainPhase,
-    collect,
-    subset,
-)
+from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog, seed_all
+from bids_amyloid.train.phases import ContrastivePhase, DistillPhase, PretrainPhase
 from bids_amyloid.train.plan import NO_TEACHER, PHASES
 
 LOG = logging.getLogger(__name__)
