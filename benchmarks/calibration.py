@@ -21,39 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from bids_amyloid.demo import small_cohort_group_toml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-CONFIG = """
-[model]
-backbone = "test_vit"
-image_size = 32
-
-[train]
-n_train_slices = 6
-bootstrap = 1000
-amp = false
-
-[augment]
-enabled = false
-
-[pretrain]
-max_epochs = 4
-batch_size = 6
-lr = 5e-4
-
-[contrastive]
-max_epochs = 2
-batch_size = 6
-accumulation = 1
-lr_backbone = 5e-5
-lr_classifier = 2e-4
-
-[distill]
-max_epochs = 6
-batch_size = 6
-accumulation = 1
-reinit_gain = 0.0
-"""
+CONFIG = small_cohort_group_toml(bootstrap=1000)
 POINTS = ("0.5", "tau", "rule_out", "rule_in")
 
 

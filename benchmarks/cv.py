@@ -39,10 +39,10 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     args = parse()
-    import test_learning
     from train_fixtures import synthetic_run
 
     from bids_amyloid import cli
+    from bids_amyloid.demo import small_cohort_group_toml
 
     out = args.out / "out"
     if not (out / "group" / args.run_name / "cohort.tsv").is_file():
@@ -50,7 +50,7 @@ def main() -> None:
                       second_pet=(), run_name=args.run_name)
     bids = args.out / "out_bids"
     config = args.out / "cv.toml"
-    config.write_text(test_learning.CONFIG.replace("bootstrap = 50", "bootstrap = 1000"))
+    config.write_text(small_cohort_group_toml(bootstrap=1000))
     argv = [str(bids), str(out), "group", "--stage", "all", "--config", str(config),
             "--cv", str(args.folds), "--run-name", args.run_name, "--deterministic", "-q"]
     print("$ bids-amyloid " + " ".join(argv), flush=True)

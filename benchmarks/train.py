@@ -34,18 +34,14 @@ from train_fixtures import synthetic_run
 
 from bids_amyloid.config import AppConfig, apply_overrides
 from bids_amyloid.models import build_student, build_teacher
+from bids_amyloid.train.batches import PhaseContext
 from bids_amyloid.train.data import (
     SliceCacheDataset,
     WeightedEpochSampler,
     make_loader,
 )
 from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog
-from bids_amyloid.train.phases import (
-    ContrastivePhase,
-    DistillPhase,
-    PhaseContext,
-    PretrainPhase,
-)
+from bids_amyloid.train.phases import ContrastivePhase, DistillPhase, PretrainPhase
 
 PAPER_EPOCHS = {"pretrain": 30, "contrastive": 15, "distill": 100}
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16, SXM
@@ -81,7 +77,8 @@ def slices_per_sample(phase: str, s: int) -> int:
     return {"pretrain": 2 * s, "contrastive": 3 * s, "distill": 3 * s}[phase]
 
 
-def make_task(phase: str, ctx: PhaseContext, cfg: AppConfig, compile_trunk: bool) -> Any:
+def make_task(phase: str, ctx: PhaseContext, cfg: AppConfig, compile_trunk: bool = False) -> Any:
+    """The task of ``phase`` on a fresh T1w teacher (and, for phase 3, a student from it)."""
     teacher = build_teacher(cfg, ("T1w",)).to(ctx.device)
     if compile_trunk:
         teacher.backbone.trunk = torch.compile(teacher.backbone.trunk)

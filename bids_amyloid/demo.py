@@ -56,6 +56,58 @@ RUN_NAME = "demo"
 BACKBONE = "test_vit"
 STUDENT = "student_T1w"
 NO_TEACHER = "student_T1w_no-teacher"
+
+
+def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
+                            distill_epochs: int = 6, train_extra: str = "",
+                            distill_extra: str = "") -> str:
+    """The group-level TOML of a small synthetic cohort on CPU.
+
+    A tiny randomly initialised ViT (:data:`BACKBONE`) on 32 px slices, 6 slices
+    per sample, batches of 6, no augmentation, fp32, 2 contrastive epochs, and the
+    small-cohort phase-3 rule of :func:`bids_amyloid.train.phases.head_budget`:
+    one optimiser step per batch (``accumulation = 1``) and a classifier layer
+    re-initialised at zero (``reinit_gain = 0``). ``train_extra`` and
+    ``distill_extra`` are TOML lines appended to ``[train]`` and ``[distill]``.
+    The demo, ``tests/test_learning.py`` and ``benchmarks/calibration.py`` use it.
+
+    >>> import tomllib
+    >>> cfg = tomllib.loads(small_cohort_group_toml(distill_extra="lr_heads = 1e-3\\n"))
+    >>> cfg["distill"]["max_epochs"], cfg["distill"]["lr_heads"], cfg["train"]["bootstrap"]
+    (6, 0.001, 1000)
+    """
+    return f"""[model]
+backbone = "{BACKBONE}"
+image_size = 32
+
+[train]
+n_train_slices = 6
+bootstrap = {bootstrap}
+amp = false
+{train_extra}
+[augment]
+enabled = false
+
+[pretrain]
+max_epochs = {pretrain_epochs}
+batch_size = 6
+lr = 5e-4
+
+[contrastive]
+max_epochs = 2
+batch_size = 6
+accumulation = 1
+lr_backbone = 5e-5
+lr_classifier = 2e-4
+
+[distill]
+max_epochs = {distill_epochs}
+batch_size = 6
+accumulation = 1
+reinit_gain = 0.0
+{distill_extra}"""
+
+
 CONFIG = """\
 # The CPU demo's protocol (make demo): every level reads this file.
 # Participant level: deepbet instead of HD-BET, 2 mm template grid, shorter N4 and
@@ -79,40 +131,9 @@ voi_registration = "rigid"
 # sized in optimiser steps: one per batch, 30 epochs of ~13 batches (~390 steps) at
 # a head learning rate of 1e-3, and its re-initialised classifier layer starts at
 # zero, so the label, not a random draw, sets its direction.
-[model]
-backbone = "test_vit"
-image_size = 32
-
-[train]
-n_train_slices = 6
-bootstrap = 1000
-amp = false
-device = "cpu"
-
-[augment]
-enabled = false
-
-[pretrain]
-max_epochs = 8
-batch_size = 6
-lr = 5e-4
-
-[contrastive]
-max_epochs = 2
-batch_size = 6
-accumulation = 1
-lr_backbone = 5e-5
-lr_classifier = 2e-4
-
-[distill]
-max_epochs = 30
-batch_size = 6
-accumulation = 1
-reinit_gain = 0.0
-lr_heads = 1e-3
-lr_projection = 5e-4
-lr_lora = 5e-4
-"""
+""" + small_cohort_group_toml(
+    pretrain_epochs=8, distill_epochs=30, train_extra='device = "cpu"\n',
+    distill_extra="lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n")
 BANNER = ("SYNTHETIC DATA, tiny randomly initialised backbone ({backbone}, 32 px), short "
           "schedule, CPU-sized preprocessing: the demo shows whether the pipeline learns the "
           "amyloid signal the simulator puts into the MRI, not the method's accuracy on "

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from train_fixtures import synthetic_run, write_small_config
+from train_fixtures import Killed, copy_cohort, run_group, synthetic_run, write_small_config
 
-from bids_amyloid import cli, derivatives
+from bids_amyloid import derivatives
 from bids_amyloid.config import CohortConfig
 from bids_amyloid.train import loop
 
@@ -21,22 +21,12 @@ K = 3
 MISSING = "sub-09"   # no slice cache: in no fold
 
 
-class Killed(Exception):
-    """Stands in for a job killed right after a checkpoint."""
-
-
 def _group(bids: Path, out: Path, config: Path, run: str, *extra: str) -> int:
-    return cli.main([str(bids), str(out), "group", "--stage", "all", "--config", str(config),
-                     "--cv", str(K), "--run-name", run, "--deterministic", "-q", *extra])
+    return run_group(bids, out, config, "--cv", str(K), "--run-name", run, *extra)
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _copy_cohort(out: Path, src: str, dst: str) -> None:
-    (out / "group" / dst).mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "group" / src / "cohort.tsv", out / "group" / dst / "cohort.tsv")
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +208,7 @@ def test_predict_on_ensemble_is_mean_of_members(finished, tmp_path):
 # -- resume ---------------------------------------------------------------------------------------
 def test_resume_skips_finished_fold_and_resumes_interrupted(finished, monkeypatch):
     bids, out, config, _ = finished
-    _copy_cohort(out, "cv", "cv-resumed")
+    copy_cohort(out, "cv", "cv-resumed")
     run = out / "group" / "cv-resumed"
     original_save = loop.Trainer._save_last
 

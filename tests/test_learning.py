@@ -16,8 +16,8 @@ a tiny ViT, 32 px images and a schedule of a few hundred optimiser steps:
   image's dominant variation, the dark centre, and its readout's sign is random,
   so its AUC lands near the oracle's or its mirror.)
 
-The schedule follows the small-cohort rule of :mod:`bids_amyloid.train.phases`
-(``DistillPhase``): the re-initialised classifier layer starts at zero
+The schedule (:func:`bids_amyloid.demo.small_cohort_group_toml`) follows the
+small-cohort rule of :func:`bids_amyloid.train.phases.head_budget`: the re-initialised classifier layer starts at zero
 (``reinit_gain = 0``), so its direction comes from the label, not from the
 random draw, and one optimiser step per batch (``accumulation = 1``).
 """
@@ -32,6 +32,7 @@ import pytest
 from train_fixtures import shuffle_labels, synthetic_run
 
 from bids_amyloid import cli
+from bids_amyloid.demo import small_cohort_group_toml
 
 pytestmark = pytest.mark.xdist_group("learning")
 
@@ -40,37 +41,7 @@ NUISANCE = 0.03
 SIGNAL = 0.08           # synthetic_run: the positives' extra "ventricle" radius
 MIN_AUC = 0.85
 MAX_SHUFFLED_AUC = 0.70
-CONFIG = """
-[model]
-backbone = "test_vit"
-image_size = 32
-
-[train]
-n_train_slices = 6
-bootstrap = 50
-amp = false
-
-[augment]
-enabled = false
-
-[pretrain]
-max_epochs = 4
-batch_size = 6
-lr = 5e-4
-
-[contrastive]
-max_epochs = 2
-batch_size = 6
-accumulation = 1
-lr_backbone = 5e-5
-lr_classifier = 2e-4
-
-[distill]
-max_epochs = 6
-batch_size = 6
-accumulation = 1
-reinit_gain = 0.0
-"""
+CONFIG = small_cohort_group_toml(bootstrap=50)
 
 
 def oracle_auc() -> float:

@@ -84,6 +84,22 @@ def mri_only_dataset(root: Path, out: Path, contrasts_of: dict[str, tuple[str, .
     return root
 
 
+def paired_dataset(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    """``n`` subjects with a T1w session (preprocessed) and, 60 days later, an AV45 PET
+    session whose Centiloid is 50 (odd subjects, positive) or 3; returns (out, bids)."""
+    out, b = tmp_path / "out", BidsBuilder(tmp_path / "bids")
+    for i in range(1, n + 1):
+        sub = f"{i:02d}"
+        raw = b.anat(sub, "01", "T1w")
+        b.pet(sub, "02", "AV45")
+        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
+                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
+                          "centiloid": 50.0 if i % 2 else 3.0}])
+        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=i)
+    drv.init_output(out, b.root)
+    return out, b.root
+
+
 def predict(bids: Path, out: Path, model: Path, *extra: str) -> int:
     return cli.main([str(bids), str(out), "predict", "--model", str(model),
                      "--skip-bids-validation", "-q", *extra])
@@ -225,18 +241,8 @@ def test_missing_backbone_weights_say_how_to_provide_them(
 
 
 def test_metrics_when_centiloid_is_available(tmp_path: Path, model_file: Path) -> None:
-    out = tmp_path / "out"
-    b = BidsBuilder(tmp_path / "bids")
-    for i in range(1, 7):
-        sub = f"{i:02d}"
-        raw = b.anat(sub, "01", "T1w")
-        b.pet(sub, "02", "AV45")
-        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
-                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
-                          "centiloid": 50.0 if i % 2 else 3.0}])
-        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=i)
-    drv.init_output(out, b.root)
-    assert predict(b.root, out, model_file) == 0
+    out, bids = paired_dataset(tmp_path, 6)
+    assert predict(bids, out, model_file) == 0
     folder = out / "predict" / "student_T1w"
     evaluation = read_tsv(folder / "evaluation.tsv")
     assert len(evaluation) == 6
@@ -497,17 +503,8 @@ def test_calibration_and_operating_points_at_predict(tmp_path: Path) -> None:
             "operating_point_rates": {"fitted_on": "validation", "n": 40,
                                       "rule_out": {"sensitivity": 0.92, "npv": 0.9}}}
     save_model(model, build_student(CFG, ("T1w",)), CFG, meta)
-    out, b = tmp_path / "out", BidsBuilder(tmp_path / "bids")
-    for i in range(1, 9):
-        sub = f"{i:02d}"
-        raw = b.anat(sub, "01", "T1w")
-        b.pet(sub, "02", "AV45")
-        b.sessions(sub, [{"session_id": "ses-01", "acq_time": "2020-01-01T10:00:00"},
-                         {"session_id": "ses-02", "acq_time": "2020-03-01T10:00:00",
-                          "centiloid": 50.0 if i % 2 else 3.0}])
-        write_participant_outputs(out, b.root, raw, sub, "01", "T1w", CFG, seed=i)
-    drv.init_output(out, b.root)
-    assert predict(b.root, out, model) == 0
+    out, bids = paired_dataset(tmp_path, 8)
+    assert predict(bids, out, model) == 0
     folder = out / "predict" / "student_T1w"
     table = pd.read_csv(folder / "predictions.tsv", sep="\t")
     p = table["probability"].to_numpy(float)

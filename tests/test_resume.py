@@ -19,35 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from train_fixtures import synthetic_run
+from train_fixtures import small_toml, synthetic_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("resume")]
 
-CONFIG = """
-[model]
-backbone = "test_vit"
-image_size = 32
-
-[train]
-n_train_slices = 4
-bootstrap = 50
-amp = false
-
-[pretrain]
-max_epochs = 2
-batch_size = 4
-
-[contrastive]
-max_epochs = 6
-patience = 10
-batch_size = 4
-accumulation = 1
-
-[distill]
-max_epochs = 2
-batch_size = 4
-accumulation = 1
-"""
+CONFIG = small_toml(n_train_slices=4, contrastive_epochs=6, accumulation=1,
+                    contrastive_extra="patience = 10\n")
 TIMEOUT_S = 300
 
 

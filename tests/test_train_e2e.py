@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from train_fixtures import synthetic_run, write_small_config
+from train_fixtures import Killed, copy_cohort, run_group, synthetic_run, write_small_config
 
 from bids_amyloid import cli
 from bids_amyloid.train import loop
@@ -23,27 +23,13 @@ OUTPUTS = ("cohort.tsv", "config.toml", "teacher.pt", "student_T1w.pt",
            "roc_epochs.png", "roc_test.png", "training_curves.png", "report.html")
 
 
-class Killed(Exception):
-    """Stands in for a job killed right after a checkpoint."""
-
-
-def _group(bids: Path, out: Path, config: Path, *extra: str) -> int:
-    return cli.main([str(bids), str(out), "group", "--stage", "all", "--config", str(config),
-                     "--deterministic", "-q", *extra])
-
-
-def _copy_cohort(out: Path, src: str, dst: str) -> None:
-    (out / "group" / dst).mkdir(parents=True, exist_ok=True)
-    shutil.copy(out / "group" / src / "cohort.tsv", out / "group" / dst / "cohort.tsv")
-
-
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("group")
     out = tmp / "out"
     bids, cohort = synthetic_run(out)
     config = write_small_config(tmp / "small.toml")
-    assert _group(bids, out, config) == 0
+    assert run_group(bids, out, config) == 0
     return bids, out, config, cohort
 
 
@@ -81,7 +67,7 @@ def test_group_all_writes_every_output(finished):
 
 def test_killed_then_resumed_equals_uninterrupted(finished, monkeypatch):
     bids, out, config, _ = finished
-    _copy_cohort(out, "default", "resumed")
+    copy_cohort(out, "default", "resumed")
     original = loop.Trainer._save_last
 
     def save_then_die(self, epoch):
@@ -91,10 +77,10 @@ def test_killed_then_resumed_equals_uninterrupted(finished, monkeypatch):
 
     monkeypatch.setattr(loop.Trainer, "_save_last", save_then_die)
     with pytest.raises(Killed):
-        _group(bids, out, config, "--run-name", "resumed")
+        run_group(bids, out, config, "--run-name", "resumed")
     monkeypatch.setattr(loop.Trainer, "_save_last", original)
     assert not (out / "group" / "resumed" / "metrics.tsv").exists()
-    assert _group(bids, out, config, "--run-name", "resumed", "--resume") == 0
+    assert run_group(bids, out, config, "--run-name", "resumed", "--resume") == 0
     a = pd.read_csv(out / "group" / "default" / "metrics.tsv", sep="\t")
     b = pd.read_csv(out / "group" / "resumed" / "metrics.tsv", sep="\t")
     pd.testing.assert_frame_equal(a, b)
@@ -107,9 +93,9 @@ def test_killed_then_resumed_equals_uninterrupted(finished, monkeypatch):
 
 def test_ablation_and_cross_dataset_teacher(finished):
     bids, out, config, _ = finished
-    _copy_cohort(out, "default", "xdist")
+    copy_cohort(out, "default", "xdist")
     teacher = out / "group" / "default" / "teacher.pt"
-    code = _group(bids, out, config, "--run-name", "xdist", "--teacher", str(teacher),
+    code = run_group(bids, out, config, "--run-name", "xdist", "--teacher", str(teacher),
                   "--ablate", "no-logit-kd", "--cl-gap", "10")
     assert code == 0
     run = out / "group" / "xdist"
@@ -132,12 +118,12 @@ def test_test_predictions_are_fp32_and_equal_predicts(finished, monkeypatch):
     from bids_amyloid.train import phases
 
     bids, out, config, _ = finished
-    _copy_cohort(out, "default", "amp")
+    copy_cohort(out, "default", "amp")
     bf16 = lambda device, amp: torch.bfloat16  # noqa: E731 - training autocast, as on a GPU
     monkeypatch.setattr(loop, "autocast_dtype", bf16)
     monkeypatch.setattr(phases, "autocast_dtype", bf16, raising=False)   # where it was imported
     teacher = out / "group" / "default" / "teacher.pt"
-    assert _group(bids, out, config, "--run-name", "amp", "--teacher", str(teacher)) == 0
+    assert run_group(bids, out, config, "--run-name", "amp", "--teacher", str(teacher)) == 0
     monkeypatch.undo()
     run = out / "group" / "amp"
     preds = pd.read_csv(run / "predictions.tsv", sep="\t")
@@ -156,8 +142,8 @@ def test_test_predictions_are_fp32_and_equal_predicts(finished, monkeypatch):
 
 def test_no_teacher_baseline_trains_the_student_alone(finished):
     bids, out, config, _ = finished
-    _copy_cohort(out, "default", "alone")
-    assert _group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher") == 0
+    copy_cohort(out, "default", "alone")
+    assert run_group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher") == 0
     run = out / "group" / "alone"
     assert not (run / "teacher.pt").exists() and not list(run.glob("student_T1w.pt"))
     from bids_amyloid.models import load_model
@@ -174,13 +160,13 @@ def test_no_teacher_baseline_trains_the_student_alone(finished):
     assert (run / "checkpoints" / "no-teacher" / "done.json").is_file()
     # with a teacher given, the baseline is a usage error
     teacher = out / "group" / "default" / "teacher.pt"
-    assert _group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher",
+    assert run_group(bids, out, config, "--run-name", "alone", "--ablate", "no-teacher",
                   "--teacher", str(teacher)) == 64
 
 
 def test_contrastive_stage_without_teacher_is_a_clear_error(finished):
     bids, out, config, _ = finished
-    _copy_cohort(out, "default", "lonely")
+    copy_cohort(out, "default", "lonely")
     code = cli.main([str(bids), str(out), "group", "--stage", "contrastive", "--config",
                      str(config), "--run-name", "lonely", "-q"])
     assert code == 66

@@ -11,6 +11,7 @@ level reads. The signal is simple: PET cortical uptake rises with Centiloid
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,30 +20,6 @@ import pandas as pd
 from bids_amyloid import derivatives
 
 CANDIDATES = list(range(70, 110))  # 40 "sagittal positions" on a made-up template grid
-SMALL_TOML = """
-[model]
-backbone = "test_vit"
-image_size = 32
-
-[train]
-n_train_slices = 5
-bootstrap = 50
-amp = false
-
-[pretrain]
-max_epochs = 2
-batch_size = 4
-
-[contrastive]
-max_epochs = 2
-batch_size = 4
-accumulation = 2
-
-[distill]
-max_epochs = 2
-batch_size = 4
-accumulation = 2
-"""
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +94,56 @@ def synthetic_run(out: Path, n_subjects: int = 15, contrasts: tuple[str, ...] = 
     return bids, cohort
 
 
+def small_toml(*, n_train_slices: int = 5, contrastive_epochs: int = 2, accumulation: int = 2,
+               contrastive_extra: str = "") -> str:
+    """A group-level TOML for the synthetic runs: ``test_vit`` at 32 px, batches of 4,
+    2 epochs of phases 1 and 3; ``contrastive_extra`` lines go into ``[contrastive]``."""
+    return f"""
+[model]
+backbone = "test_vit"
+image_size = 32
+
+[train]
+n_train_slices = {n_train_slices}
+bootstrap = 50
+amp = false
+
+[pretrain]
+max_epochs = 2
+batch_size = 4
+
+[contrastive]
+max_epochs = {contrastive_epochs}
+{contrastive_extra}batch_size = 4
+accumulation = {accumulation}
+
+[distill]
+max_epochs = 2
+batch_size = 4
+accumulation = {accumulation}
+"""
+
+
+class Killed(Exception):
+    """Stands in for a job killed right after a checkpoint."""
+
+
+def run_group(bids: Path, out: Path, config: Path, *extra: str) -> int:
+    """``bids-amyloid BIDS OUT group --stage all --config CONFIG --deterministic -q EXTRA``."""
+    from bids_amyloid import cli
+
+    return cli.main([str(bids), str(out), "group", "--stage", "all", "--config", str(config),
+                     "--deterministic", "-q", *extra])
+
+
+def copy_cohort(out: Path, src: str, dst: str) -> None:
+    """Give group run ``dst`` the ``cohort.tsv`` of run ``src`` (same split, no re-pairing)."""
+    (out / "group" / dst).mkdir(parents=True, exist_ok=True)
+    shutil.copy(out / "group" / src / "cohort.tsv", out / "group" / dst / "cohort.tsv")
+
+
 def write_small_config(path: Path, extra: str = "") -> Path:
-    path.write_text(SMALL_TOML + extra)
+    path.write_text(small_toml() + extra)
     return path
 
 

@@ -71,6 +71,7 @@ import logging
 import math
 import os
 import resource
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -83,13 +84,15 @@ import torch
 
 from bids_amyloid import derivatives as drv
 from bids_amyloid.config import AppConfig, apply_overrides
-from bids_amyloid.models import build_student, build_teacher, save_model
+from bids_amyloid.models import build_student, save_model
+from bids_amyloid.train.batches import PhaseContext
 from bids_amyloid.train.data import SliceCacheDataset, WeightedEpochSampler, make_loader
 from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog
-from bids_amyloid.train.phases import ContrastivePhase, DistillPhase, PhaseContext, PretrainPhase
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/: the CPU benchmark
+from train import PAPER_EPOCHS, make_task
 
 LOG = logging.getLogger("gpu_benchmark")
-PAPER_EPOCHS = {"pretrain": 30, "contrastive": 15, "distill": 100}
 TRAIN_FRACTION, VAL_FRACTION = 0.6, 0.2  # StratifiedGroupKFold(5): 3 folds train, 1 validation
 DATASHEET_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4}
 CANDIDATES = [int(i) for i in np.unique(np.round(np.linspace(78, 118, 40)))]  # 40 sagittal positions
@@ -236,17 +239,6 @@ def step_flops(trainer: Trainer, batch: dict[str, Any]) -> float:
         loss.float().backward()
     trainer.optimizer.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
-
-
-def make_task(phase: str, ctx: PhaseContext, cfg: AppConfig) -> Any:
-    teacher = build_teacher(cfg, ("T1w",)).to(ctx.device)
-    if phase == "pretrain":
-        return PretrainPhase(ctx, teacher)
-    if phase == "contrastive":
-        return ContrastivePhase(ctx, teacher)
-    student = build_student(cfg, ("T1w",)).to(ctx.device)
-    student.init_from_teacher(teacher)
-    return DistillPhase(ctx, student, teacher)
 
 
 def slices_per_sample(phase: str, s: int) -> int:
