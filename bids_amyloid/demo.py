@@ -270,7 +270,7 @@ def _auc(metrics: pd.DataFrame, model: str) -> tuple[float, float, float, int]:
     return float(r["auc"]), float(r["auc_ci_low"]), float(r["auc_ci_high"]), int(r["n"])
 
 
-def test_table(bids: Path, group: GroupRun) -> tuple[pd.DataFrame, pd.DataFrame]:
+def split_table(bids: Path, group: GroupRun) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The test split's AUC table (oracle, teacher, student, no-teacher) and the student's
     test predictions."""
     from bids_amyloid.sim.oracle import oracle_auc
@@ -322,7 +322,7 @@ def report(bids: Path, out: Path, clock: Clock) -> None:
     """Print the test-split table, the held-out predictions, where the reports are, timings."""
     group = GroupRun.of(out, RUN_NAME)
     predicted = PredictRun.of(out, STUDENT)
-    table, test = test_table(bids, group)
+    table, test = split_table(bids, group)
     print(f"\n=== group level, test split ({len(test)} pairs of "
           f"{test['participant_id'].nunique()} subjects held out of training and selection; "
           f"{int(test['label'].sum())} positive); AUC with 95 % subject-bootstrap CI")

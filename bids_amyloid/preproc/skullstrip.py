@@ -257,7 +257,7 @@ def _set_conv_dtype(net: Any, dtype: Any) -> None:
 
     for module in net.modules():
         if isinstance(module, torch.nn.Conv3d):
-            module.to(dtype=dtype, memory_format=torch.channels_last_3d)
+            module.to(dtype=dtype, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # runtime accepts both
 
 
 def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndarray:
