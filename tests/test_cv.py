@@ -107,6 +107,11 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
         roc_auc_score(oof["label"], oof["probability_calibrated"]))
     assert table.loc["pooled", "auc_ci_low"] <= table.loc["pooled", "auc"] \
         <= table.loc["pooled", "auc_ci_high"]
+    # the run-level page shows every fold and the pooled rows, with the pooled AUC as written
+    page = (run / "report.html").read_text()
+    assert all(f"<td>{k}</td>" in page for k in [*map(str, range(K)), "mean", "sd", "pooled"])
+    assert f"{table.loc['pooled', 'auc']:.3f} [" in page
+    assert (run / "reliability.png").is_file()
 
 
 # -- the ensemble file ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ After the folds, in the run folder:
                              validation fold), which puts the folds' students on one
                              probability scale before pooling, at the ensemble's τ, calibration
                              and operating points
+``report.html``              per-fold and pooled metrics and the pooled reliability diagram
+                             (``reliability.png``)
 ``student_<C>_ensemble.pt``  the K students as one model for predict (the mean of the members'
                              calibrated probabilities when every member has a calibration, else
                              of their probabilities; :mod:`bids_amyloid.models.ensemble`); its
@@ -60,6 +62,7 @@ from bids_amyloid.train.context import Run, make_datasets
 from bids_amyloid.train.data import check_caches
 from bids_amyloid.train.outputs import evaluate
 from bids_amyloid.train.plan import NO_TEACHER
+from bids_amyloid.train.report import write_cv_report
 from bids_amyloid.train.stages import train_stages
 
 LOG = logging.getLogger(__name__)
@@ -257,6 +260,7 @@ def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
         pooled = [pooled_row("pooled", oof, "probability", tau, entries, t.bootstrap, t.seed)]
     table = cv_table(folds, model, pooled)
     write_tsv(base.files.cv_metrics, table)
+    write_cv_report(base.files, base.cfg, table, oof)
     write_ensemble(base, folds, tau, entries, member_calibration=calibrated)
     log_summary(table, k)
     return table

@@ -323,3 +323,47 @@ def write_outputs(files: GroupRun, cfg: AppConfig, cohort: pd.DataFrame,
     write_text(files.report, html_page(f"bids-amyloid group run {name}", body, CSS))
     LOG.info("wrote %s", files.report)
     return metrics
+
+
+CV_COLUMNS = ("threshold", "f1@tau", "sensitivity@tau", "specificity@tau", "npv@tau",
+              "threshold@rule_out", "sensitivity@rule_out", "npv@rule_out",
+              "pet_avoided@rule_out", "brier_raw", "brier_calibrated", "ece_raw", "ece_calibrated")
+CV_BODY = """<h1>bids-amyloid cross-validation {name}</h1>
+<p>bids-amyloid {version}. {k} outer folds over subjects: each fold's student is tested on its
+held-out fold (its τ, calibration and operating points come from its own validation fold).
+<code>mean</code> and <code>sd</code> are over the folds; <code>pooled</code> puts every
+subject's out-of-fold prediction together (AUC with a {n_boot}× subject-bootstrap 95 % CI);
+<code>pooled_calibrated</code> does so after each fold's calibration, at the ensemble's
+operating points. Per-fold files: <code>fold-&lt;k&gt;/report.html</code>.</p>
+<h2>Per fold and pooled (test)</h2>{table}
+<h2>Calibration of the pooled out-of-fold predictions</h2>{reliability}
+"""
+
+
+def cv_view(table: pd.DataFrame) -> pd.DataFrame:
+    """``cv_metrics.tsv`` as a reader wants it: AUC with CI, then the operating points."""
+    out = pd.DataFrame({"fold": table["fold"].astype(str), "n": table["n"],
+                        "n_positive": table["n_positive"]})
+    out["AUC [95% CI]"] = [f"{a:.3f}" if not np.isfinite(lo) else f"{a:.3f} [{lo:.3f}–{hi:.3f}]"
+                           for a, lo, hi in zip(table["auc"].astype(float),
+                                                table["auc_ci_low"].astype(float),
+                                                table["auc_ci_high"].astype(float), strict=True)]
+    for col in CV_COLUMNS:
+        if col in table:
+            out[col] = pd.to_numeric(table[col], errors="coerce")
+    return out
+
+
+def write_cv_report(files: GroupRun, cfg: AppConfig, table: pd.DataFrame,
+                    oof: pd.DataFrame) -> None:
+    """The run-level page of ``--cv``: per-fold and pooled metrics, pooled reliability diagram."""
+    figure = reliability_test_figure(oof)
+    if figure is not None:
+        _write_png(files.figure("reliability"), figure)
+    body = CV_BODY.format(name=html.escape(files.folder.name), version=__version__,
+                          k=cfg.train.cv_folds, n_boot=cfg.train.bootstrap,
+                          table=_table(cv_view(table)),
+                          reliability=_img(figure, "reliability diagram, out-of-fold"))
+    write_text(files.report, html_page(f"bids-amyloid cross-validation {files.folder.name}",
+                                       body, CSS))
+    LOG.info("wrote %s", files.report)
