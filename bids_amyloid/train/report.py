@@ -342,8 +342,9 @@ operating points. Per-fold files: <code>fold-&lt;k&gt;/report.html</code>.</p>
 
 def cv_view(table: pd.DataFrame) -> pd.DataFrame:
     """``cv_metrics.tsv`` as a reader wants it: AUC with CI, then the operating points."""
-    out = pd.DataFrame({"fold": table["fold"].astype(str), "n": table["n"],
-                        "n_positive": table["n_positive"]})
+    out = pd.DataFrame({"fold": table["fold"].astype(str),
+                        "n": [f"{float(v):g}" for v in table["n"]],
+                        "n_positive": [f"{float(v):g}" for v in table["n_positive"]]})
     out["AUC [95% CI]"] = [f"{a:.3f}" if not np.isfinite(lo) else f"{a:.3f} [{lo:.3f}–{hi:.3f}]"
                            for a, lo, hi in zip(table["auc"].astype(float),
                                                 table["auc_ci_low"].astype(float),
