@@ -30,9 +30,10 @@ Data, three ways::
 
 The participant level of way 2 uses :data:`PREP_TOML` (deepbet, 2 mm template,
 16 slices of 112 px, cheaper PET registration). The group runs use
-:data:`GROUP_TOML` unless ``--config`` is given: vit_tiny from scratch, 64 px
-(``--image-size``), 8 slices, epochs 6/2/8 (``--epochs``), and the small-cohort phase-3 settings
-(``reinit_gain = 0``, ``accumulation = 1``; see ``train.phases.head_budget``).
+:func:`bids_amyloid.demo.small_cohort_group_toml` unless ``--config`` is given: the
+demo's tiny test ViT from scratch at 64 px (``--image-size``), 8 slices, epochs 8/2/30
+(``--epochs``), no augmentation, and the small-cohort phase-3 settings (``reinit_gain = 0``,
+``accumulation = 1``, head lr 1e-3; see ``train.phases.head_budget``).
 Results: ``OUT/group/quality.tsv`` and stdout, with each run's wall time.
 """
 
@@ -47,6 +48,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bids_amyloid.demo import small_cohort_group_toml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -73,31 +76,7 @@ pet_registration_smoothing = [2.0, 1.0]
 pet_registration_iterations = [100, 30]
 pet_realign = false
 """
-GROUP_TOML = """\
-[model]
-backbone = "vit_tiny_patch16_224"
-image_size = {size}
-
-[train]
-n_train_slices = 8
-bootstrap = 1000
-amp = false
-
-[pretrain]
-max_epochs = {p1}
-lr = 2e-4
-
-[contrastive]
-max_epochs = {p2}
-accumulation = 1
-lr_backbone = 2e-5
-lr_classifier = 1e-4
-
-[distill]
-max_epochs = {p3}
-accumulation = 1
-reinit_gain = 0.0
-"""
+PHASE3_LRS = "lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n"
 
 
 def parse() -> argparse.Namespace:
@@ -108,8 +87,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7, help="simulation seed")
     p.add_argument("--synthetic", type=int, metavar="N", help="synthetic caches for N subjects")
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--config", type=Path, help="TOML for the group runs (default: GROUP_TOML)")
-    p.add_argument("--epochs", type=int, nargs=3, default=(6, 2, 8), metavar=("P1", "P2", "P3"))
+    p.add_argument("--config", type=Path, help="TOML for the group runs (default: the demo's small-cohort schedule)")
+    p.add_argument("--epochs", type=int, nargs=3, default=(8, 2, 30),
+                   metavar=("P1", "P2", "P3"))
     p.add_argument("--image-size", type=int, default=64, help="model input (px, multiple of 16)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
@@ -156,7 +136,9 @@ def group_config(args: argparse.Namespace) -> Path:
     path = args.out / "group" / "quality.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     p1, p2, p3 = args.epochs
-    path.write_text(GROUP_TOML.format(p1=p1, p2=p2, p3=p3, size=args.image_size))
+    path.write_text(small_cohort_group_toml(
+        image_size=args.image_size, n_slices=8, pretrain_epochs=p1, contrastive_epochs=p2,
+        distill_epochs=p3, distill_extra=PHASE3_LRS))
     return path
 
 

@@ -60,16 +60,19 @@ NO_TEACHER = "student_T1w_no-teacher"
 
 def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
                             distill_epochs: int = 6, train_extra: str = "",
-                            distill_extra: str = "") -> str:
+                            distill_extra: str = "", image_size: int = 32, n_slices: int = 6,
+                            contrastive_epochs: int = 2) -> str:
     """The group-level TOML of a small synthetic cohort on CPU.
 
     A tiny randomly initialised ViT (:data:`BACKBONE`) on 32 px slices, 6 slices
-    per sample, batches of 6, no augmentation, fp32, 2 contrastive epochs, and the
+    per sample (``image_size``, ``n_slices``), batches of 6, no augmentation, fp32,
+    2 contrastive epochs, and the
     small-cohort phase-3 rule of :func:`bids_amyloid.train.phases.head_budget`:
     one optimiser step per batch (``accumulation = 1``) and a classifier layer
     re-initialised at zero (``reinit_gain = 0``). ``train_extra`` and
     ``distill_extra`` are TOML lines appended to ``[train]`` and ``[distill]``.
-    The demo, ``tests/test_learning.py`` and ``benchmarks/calibration.py`` use it.
+    The demo, ``tests/test_learning.py``, ``benchmarks/calibration.py`` and
+    ``benchmarks/train_quality.py`` use it.
 
     >>> import tomllib
     >>> cfg = tomllib.loads(small_cohort_group_toml(distill_extra="lr_heads = 1e-3\\n"))
@@ -78,10 +81,10 @@ def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
     """
     return f"""[model]
 backbone = "{BACKBONE}"
-image_size = 32
+image_size = {image_size}
 
 [train]
-n_train_slices = 6
+n_train_slices = {n_slices}
 bootstrap = {bootstrap}
 amp = false
 {train_extra}
@@ -94,7 +97,7 @@ batch_size = 6
 lr = 5e-4
 
 [contrastive]
-max_epochs = 2
+max_epochs = {contrastive_epochs}
 batch_size = 6
 accumulation = 1
 lr_backbone = 5e-5
