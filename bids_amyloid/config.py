@@ -97,7 +97,7 @@ class PreprocConfig:
     hdbet_tta: bool = mri_field(True)
     hdbet_mode: str = mri_field("fast")  # fast: 1 network (fold 0) | accurate: 5 networks
     hdbet_tta_mirrors: str = mri_field("lr")  # TTA passes: lr = plain + left-right mirror | all = 8 mirrors
-    hdbet_bf16: bool = mri_field(True)  # bfloat16 autocast where the CPU/GPU supports it (2x faster on CPU)
+    hdbet_bf16: bool = mri_field(True)  # bfloat16 convolutions where the CPU/GPU supports them (2x faster on CPU)
     registration_metric: str = mri_field("mattes")  # also used by PET → MRI
     registration_voxel_mm: float = mri_field(2.0)  # the fixed image is resampled to this before registering
     registration_shrink: tuple[int, ...] = mri_field((4, 2))  # shrink factors of that 2 mm grid, per level
