@@ -46,7 +46,8 @@ METHOD = "platt"
 _EPS = 1e-12
 
 
-def _logit(probs: Sequence[float] | np.ndarray) -> np.ndarray:
+def logit(probs: Sequence[float] | np.ndarray) -> np.ndarray:
+    """log(p / (1 − p)), with p clipped away from 0 and 1."""
     p = np.clip(np.asarray(probs, dtype=float), _EPS, 1.0 - _EPS)
     return np.log(p) - np.log1p(-p)
 
@@ -69,7 +70,7 @@ class PlattScaling:
 
     def apply(self, probs: Sequence[float] | np.ndarray) -> np.ndarray:
         """Calibrated probabilities from the model's probabilities (or thresholds)."""
-        return self.apply_logits(_logit(probs))
+        return self.apply_logits(logit(probs))
 
     def to_meta(self, fitted_on: str) -> dict[str, Any]:
         """The model file's ``calibration`` entry."""

@@ -58,6 +58,7 @@ from bids_amyloid.models.checkpoint import (
     read_model_file,
 )
 from bids_amyloid.models.networks import AmyloidNetwork, ModelOutput
+from bids_amyloid.weights import sha256_of
 
 LOG = logging.getLogger(__name__)
 ENSEMBLE_VERSION = 1
@@ -104,12 +105,6 @@ class EnsembleNetwork(nn.Module):
                            pool_weights=torch.stack([o.pool_weights for o in outs]).mean(0))
 
 
-def _sha256(path: Path) -> str:
-    from bids_amyloid.weights import sha256_of
-
-    return sha256_of(path)
-
-
 def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
                   folds: list[int] | None = None, member_calibration: bool = False) -> Path:
     """Write an ensemble of the student files ``members`` (paths stored relative to ``path``).
@@ -135,7 +130,7 @@ def save_ensemble(path: Path | str, members: list[Path], meta: dict[str, Any],
             raise ModelFileError(f"{member} records no calibration: the ensemble cannot average "
                                  "calibrated probabilities")
         records.append({"path": os.path.relpath(member, path.parent),
-                        "sha256": _sha256(member),
+                        "sha256": sha256_of(member),
                         "fold": folds[k] if folds is not None else k,
                         "tau": (m.get("thresholds") or {}).get("tau"),
                         **{key: list(m.get(key) or []) for key in SPLIT_KEYS}})
@@ -193,7 +188,7 @@ def member_paths(path: Path, payload: dict[str, Any]) -> list[Path]:
             raise ModelFileError(f"{path}: its member {record['path']} (fold {record['fold']}) "
                                  f"does not exist at {member}; keep the ensemble beside its "
                                  "fold-<k>/ folders")
-        digest = _sha256(member)
+        digest = sha256_of(member)
         if digest != record["sha256"]:
             raise ModelFileError(
                 f"{path}: member {record['path']} (fold {record['fold']}) has SHA-256 {digest}, "

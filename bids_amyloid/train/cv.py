@@ -181,12 +181,12 @@ def ensemble_entries(base: Run, folds: list[GroupRun], val: pd.DataFrame, tau: f
                      ) -> dict[str, Any]:
     """Calibration and operating points fitted on the pooled validation predictions (each
     subject once, by the student it validated) and the members' reliability references."""
+    from bids_amyloid.calibration import logit
     from bids_amyloid.models import read_model_file
     from bids_amyloid.reliability import ensemble_entry
 
-    p = np.clip(val["probability"].to_numpy(float), 1e-12, 1 - 1e-12)
     t = base.cfg.train
-    entries = validation_entries(val["label"].to_numpy(int), np.log(p / (1 - p)), tau,
+    entries = validation_entries(val["label"].to_numpy(int), logit(val["probability"]), tau,
                                  t.rule_out_sensitivity, t.rule_in_specificity,
                                  fitted_on="pooled validation predictions of the folds")
     selection = NO_TEACHER if NO_TEACHER in t.ablate else ""
