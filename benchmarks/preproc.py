@@ -27,7 +27,6 @@ import dataclasses
 import json
 import multiprocessing as mp
 import os
-import resource
 import tempfile
 import threading
 import time
@@ -37,20 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def process_peak_gb() -> float:
-    """This process's peak resident memory since it started (GB): ``VmHWM``.
-
-    Not ``getrusage().ru_maxrss``: Linux carries that high-water mark across
-    ``exec``, so in a spawned worker it includes the parent's resident size at
-    fork time (the simulated cohort, ~3 GB), not this session's own peak.
-    """
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024 / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # no /proc: KiB, Linux-like
+from memory import process_peak_gb  # benchmarks/memory.py (this script's folder)
 
 
 class PeakRSS:

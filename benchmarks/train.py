@@ -19,7 +19,6 @@ slices; phase 3 runs the student on 25 MRI slices and the frozen teacher
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from memory import peak_memory_gib  # benchmarks/memory.py (this script's folder)
 from train_fixtures import synthetic_run
 
 from bids_amyloid.config import AppConfig, apply_overrides
@@ -65,12 +65,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone trunk")
     return p.parse_args()
-
-
-def peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def slices_per_sample(phase: str, s: int) -> int:

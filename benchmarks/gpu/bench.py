@@ -70,7 +70,6 @@ import json
 import logging
 import math
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -90,6 +89,7 @@ from bids_amyloid.train.data import SliceCacheDataset, WeightedEpochSampler, mak
 from bids_amyloid.train.loop import LoopSettings, Trainer, TrainingLog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # benchmarks/: the CPU benchmark
+from memory import peak_memory_gib
 from train import PAPER_EPOCHS, make_task
 
 LOG = logging.getLogger("gpu_benchmark")
@@ -206,12 +206,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
-
 def matmul_tflops(device: torch.device) -> float:
     """Measured large-matmul rate: bf16 8192³ on CUDA, fp32 1024³ on CPU (median of 5)."""
     n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (1024, torch.float32)
@@ -278,7 +272,7 @@ def bench_phase(phase: str, cfg: AppConfig, data: dict[str, SliceCacheDataset],
     loader.waited = 0.0
     samples, seconds = timed_epoch(trainer, 1, micro)
     stall = loader.waited / seconds
-    memory = peak_gib(device)
+    memory = peak_memory_gib(device)
     # the same micro-batches from memory: the rate without data loading
     cached = [raw for raw, _ in zip(make_loader(data["train"], batch, sampler), range(micro),
                                     strict=False)]
@@ -331,7 +325,7 @@ def bench_inference(cfg: AppConfig, cohort: pd.DataFrame, root: Path, args: argp
     sps = len(plans) / float(np.median(times))
     return {"row": "inference", "batch": args.infer_batch, "accumulation": 1,
             "slices_per_sample": cfg.train.n_train_slices, "samples_per_s": sps,
-            "slices_per_s": sps * cfg.train.n_train_slices, "peak_gib": peak_gib(device)}
+            "slices_per_s": sps * cfg.train.n_train_slices, "peak_gib": peak_memory_gib(device)}
 
 
 def projected_minutes(row: dict[str, Any], cohort: int) -> float:
