@@ -298,13 +298,19 @@ def test_chain_participant_config_to_group_to_predict(tmp_path: Path,
 
     # predict on the held-out subjects' raw MRI, into an empty OUT: preprocessed anew
     fresh = tmp_path / "fresh"
+    # --nprocs 2: spawned workers like the participant run's, so ITK's thread count (read once
+    # per process, and registrations depend on it) is not whatever this test process used first
     args = ["predict", "--model", str(model), "--participant-label", *HELD_OUT,
-            "--skip-bids-validation", "-q"]
+            "--skip-bids-validation", "-q", "--nprocs", "2"]
     assert main([str(bids), str(fresh), *args]) == 0
     for sub in HELD_OUT:
         (cache,) = (fresh / f"sub-{sub}").rglob("*_desc-slices_T1w.npy")
         params = drv.read_slice_cache(cache)[2]["Parameters"]
         assert {k: params[k] for k in CHANGED} == CHANGED
+        (made_by_participant,) = (out / f"sub-{sub}").rglob("*_desc-slices_T1w.npy")
+        np.testing.assert_array_equal(drv.read_slice_cache(cache)[0],
+                                      drv.read_slice_cache(made_by_participant)[0],
+                                      err_msg=f"sub-{sub}: predict's slices differ")
     table = pd.read_csv(fresh / "predict" / "student_T1w" / "predictions.tsv", sep="\t")
     assert len(table) == len(HELD_OUT)
     for _, row in table.iterrows():
