@@ -21,20 +21,29 @@ of the oracle; the shuffled control's CI holds 0.5.
 
 Data, three ways::
 
-    # 1. a simulated cohort already through the participant level
+    # 1. simulate N subjects and run the participant level first (the issue-15 benchmark:
+    #    200 subjects, the demo's protocol, every variant; about 45 min on 2 cores)
+    python benchmarks/train_quality.py --bids SIM --out OUT --simulate 200 --nprocs 2
+    # 2. a simulated cohort already through the participant level
     python benchmarks/train_quality.py --bids SIM --out OUT
-    # 2. simulate N subjects (``--size small``) and run the participant level first
-    python benchmarks/train_quality.py --bids SIM --out OUT --simulate 160 --nprocs 2
     # 3. synthetic slice caches (tests/train_fixtures.py; no oracle, training side only)
     python benchmarks/train_quality.py --out OUT --synthetic 100
 
-The participant level of way 2 uses :data:`PREP_TOML` (deepbet, 2 mm template,
-16 slices of 112 px, cheaper PET registration). The group runs use
-:func:`bids_amyloid.demo.small_cohort_group_toml` unless ``--config`` is given: the
-demo's tiny test ViT from scratch at 64 px (``--image-size``), 8 slices, epochs 8/2/30
-(``--epochs``), no augmentation, and the small-cohort phase-3 settings (``reinit_gain = 0``,
-``accumulation = 1``, head lr 1e-3; see ``train.phases.head_budget``).
-Results: ``OUT/group/quality.tsv`` and stdout, with each run's wall time.
+Two protocols (``--protocol``):
+
+``demo`` (default)
+    exactly ``make demo``'s (:data:`bids_amyloid.demo.CONFIG`, one file for both
+    levels): ``--size tiny`` simulation (3 mm MRI, 5 mm PET), deepbet, 2 mm template,
+    16 slices of 64 px; a tiny test ViT from scratch on 6 slices of 32 px, epochs
+    8/2/30, no augmentation, the small-cohort phase-3 settings (``reinit_gain = 0``,
+    ``accumulation = 1``, head lr 1e-3; see ``train.phases.head_budget``).
+``small``
+    ``--size small`` simulation (2 mm MRI) and :data:`PREP_TOML` (deepbet, 2 mm
+    template, 16 slices of 112 px, cheaper PET registration); the same group schedule
+    at 64 px on 8 slices (``--image-size``, ``--epochs``).
+
+``--config`` replaces the group runs' TOML. Results: ``OUT/group/quality.tsv`` and
+stdout, with each run's wall time.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bids_amyloid.demo import CONFIG as DEMO_CONFIG
 from bids_amyloid.demo import small_cohort_group_toml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -87,10 +97,13 @@ def parse() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=7, help="simulation seed")
     p.add_argument("--synthetic", type=int, metavar="N", help="synthetic caches for N subjects")
     p.add_argument("--nprocs", type=int, default=2)
-    p.add_argument("--config", type=Path, help="TOML for the group runs (default: the demo's small-cohort schedule)")
+    p.add_argument("--protocol", choices=("demo", "small"), default="demo",
+                   help="simulation size and participant/group settings (see above)")
+    p.add_argument("--config", type=Path, help="TOML for the group runs (default: the protocol's)")
     p.add_argument("--epochs", type=int, nargs=3, default=(8, 2, 30),
-                   metavar=("P1", "P2", "P3"))
-    p.add_argument("--image-size", type=int, default=64, help="model input (px, multiple of 16)")
+                   metavar=("P1", "P2", "P3"), help="protocol small only")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="model input (px, multiple of 16; protocol small only)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--report-only", action="store_true",
@@ -117,11 +130,12 @@ def prepare_data(args: argparse.Namespace) -> Path:
         raise SystemExit("--bids is needed unless --synthetic is given")
     if args.simulate:
         start = time.perf_counter()
+        size = "tiny" if args.protocol == "demo" else "small"
         subprocess.run([sys.executable, "-m", "bids_amyloid.simulate", str(args.bids),
-                        "--subjects", str(args.simulate), "--size", "small", "--seed",
+                        "--subjects", str(args.simulate), "--size", size, "--seed",
                         str(args.seed), "--nprocs", str(args.nprocs)], check=True)
         prep = args.out.parent / f"{args.out.name}_participant.toml"
-        prep.write_text(PREP_TOML)
+        prep.write_text(DEMO_CONFIG if args.protocol == "demo" else PREP_TOML)
         code = call([str(args.bids), str(args.out), "participant", "--nprocs", str(args.nprocs),
                      "--config", str(prep), "--skip-bids-validation"])
         if code not in (0, 1):
@@ -136,10 +150,18 @@ def group_config(args: argparse.Namespace) -> Path:
     path = args.out / "group" / "quality.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     p1, p2, p3 = args.epochs
-    path.write_text(small_cohort_group_toml(
+    path.write_text(DEMO_CONFIG if args.protocol == "demo" else small_cohort_group_toml(
         image_size=args.image_size, n_slices=8, pretrain_epochs=p1, contrastive_epochs=p2,
         distill_epochs=p3, distill_extra=PHASE3_LRS))
     return path
+
+
+def model_input(config: Path) -> tuple[int, int]:
+    """(slices per sample, image size in px) the group runs' model reads."""
+    from bids_amyloid.config import load_config
+
+    cfg = load_config(config)
+    return cfg.train.n_train_slices, cfg.model.image_size
 
 
 def student_predictions(run: Path, variant: str) -> pd.DataFrame:
@@ -268,7 +290,8 @@ def run_variant(args: argparse.Namespace, bids: Path, config: Path, variant: str
     return time.perf_counter() - start
 
 
-def summarise(args: argparse.Namespace, bids: Path, seconds: dict[str, float]) -> pd.DataFrame:
+def summarise(args: argparse.Namespace, bids: Path, config: Path,
+              seconds: dict[str, float]) -> pd.DataFrame:
     group = args.out / "group"
     done = [v for v in VARIANTS if (group / v / "predictions.tsv").is_file()]
     tests = {v: student_predictions(group / v, v) for v in done}
@@ -276,9 +299,10 @@ def summarise(args: argparse.Namespace, bids: Path, seconds: dict[str, float]) -
     rows: list[dict[str, object]] = []
     if not args.synthetic:
         rows.append({"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, base)})
-        for size in sorted({args.image_size, 112}):
-            rows.append({"row": f"CSF-fraction probe, 8 slices at {size} px",
-                         "auc": probe_auc(args.out, group / "baseline", 8, size)})
+        n_slices, model_size = model_input(config)
+        for size in sorted({model_size, 112}):
+            rows.append({"row": f"CSF-fraction probe, {n_slices} slices at {size} px",
+                         "auc": probe_auc(args.out, group / "baseline", n_slices, size)})
     for variant in done:
         if variant not in REUSE_TEACHER and variant != "no-teacher":
             t, lo, hi = teacher_auc(group / variant)
@@ -323,7 +347,7 @@ def main() -> None:
             continue
         seconds[variant] = run_variant(args, bids, config, variant)
         print(f"--- {variant}: {seconds[variant] / 60:.1f} min", flush=True)
-    table = summarise(args, bids, seconds)
+    table = summarise(args, bids, config, seconds)
     table.to_csv(args.out / "group" / "quality.tsv", sep="\t", index=False, float_format="%.4f")
     print("\n" + table.to_string(index=False, float_format="%.3f", na_rep=""))
     print("\n" + "\n".join(verdict(table)))

@@ -102,7 +102,7 @@ def evaluation_table(inv: Inventory, plans: list[SessionPlan], predictions: pd.D
     dataset has no usable Centiloid.
     """
     from bids_amyloid.bids import Inventory as Inv
-    from bids_amyloid.bids import pair_pet_with_mri
+    from bids_amyloid.bids import pair_scans
     from bids_amyloid.cohort import label_of, threshold_for
 
     predicted = {(r.participant_id, r.session_id): r for r in predictions.itertuples(index=False)}
@@ -111,7 +111,7 @@ def evaluation_table(inv: Inventory, plans: list[SessionPlan], predictions: pd.D
     pets = tuple(pet for pet in inv.pet if pet.centiloid is not None)
     if not pets or not sessions:
         return pd.DataFrame()
-    pairs = pair_pet_with_mri(Inv(sessions, pets), (), model.cfg.cohort.pair_window_days)
+    pairs = pair_scans(Inv(sessions, pets), model.cfg.cohort)
     rows = []
     for pet, mri, _ in pairs:
         if mri is None or pet.centiloid is None:
