@@ -290,10 +290,10 @@ def test_hdbet_lean_forward_equals_the_packages_forward() -> None:
     """Our in-place forward pass computes HD-BET's own ``Network.forward`` (float32)."""
     import torch
 
-    from bids_amyloid.preproc import skullstrip
+    from bids_amyloid.preproc import hdbet_net, skullstrip
 
     net, params = skullstrip._hdbet_networks("fast", "cpu")
-    skullstrip._set_conv_dtype(net, torch.float32)
+    hdbet_net.set_conv_dtype(net, torch.float32)
     net.load_state_dict(params[0])
     # a bright ellipsoidal "head" with a darker core in a smooth noisy background
     z, y, x = np.mgrid[:32, :48, :48].astype(np.float32)
@@ -304,7 +304,7 @@ def test_hdbet_lean_forward_equals_the_packages_forward() -> None:
     inp = torch.from_numpy(vol)[None, None]
     with torch.inference_mode():
         theirs = net(inp)[0, 1].numpy()  # the package's forward (deep supervision off)
-        ours = skullstrip._forward(net, inp.contiguous(memory_format=torch.channels_last_3d))
+        ours = hdbet_net.forward(net, inp.contiguous(memory_format=torch.channels_last_3d))
     ours = ours.numpy()
     assert 0.01 < (theirs > 0.5).mean() < 0.99  # a non-trivial output to compare
     np.testing.assert_allclose(ours, theirs, atol=2e-3)  # float32 rounding, batch-norm kernel
@@ -315,7 +315,7 @@ def test_hdbet_in_place_norm_equals_instance_norm_on_views() -> None:
     """The in-place norm equals torch's instance norm, also on a strided part of a buffer."""
     import torch
 
-    from bids_amyloid.preproc import skullstrip
+    from bids_amyloid.preproc import hdbet_net
 
     norm = torch.nn.InstanceNorm3d(6, affine=True)
     with torch.no_grad():
@@ -326,10 +326,10 @@ def test_hdbet_in_place_norm_equals_instance_norm_on_views() -> None:
         expected = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(
             part.contiguous(), weight=norm.weight, bias=norm.bias), 0.1)
         with torch.inference_mode():
-            skullstrip._norm_lrelu_(part, norm, 0.1)
+            hdbet_net.norm_lrelu_(part, norm, 0.1)
         torch.testing.assert_close(part, expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="one image"):
-        skullstrip._norm_lrelu_(torch.zeros(2, 6, 4, 4, 4), norm, 0.1)
+        hdbet_net.norm_lrelu_(torch.zeros(2, 6, 4, 4, 4), norm, 0.1)
 
 
 def test_affine_voi_placement_follows_head_size(tmp_path: Path) -> None:

@@ -19,8 +19,9 @@ grid, thresholded at 0.5, and only the largest connected component is kept.
 The convolutions run in bfloat16 where the hardware supports it
 (``hdbet_bf16``): half the time and activation memory on a 2-core CPU, masks
 identical to float32 up to Dice 0.9999. The forward pass is HD-BET's own,
-recomputed here with in-place normalisations and channels-last convolutions
-(:func:`_forward`): the same mask, ~40 % less peak memory.
+recomputed in :mod:`.hdbet_net` with in-place normalisations, channels-last
+convolutions and decoder levels built in one buffer: the same mask, a
+fraction of the package's peak memory.
 
 deepbet (Fisch et al., 2024) is the faster alternative (``--skull-strip
 deepbet``); its TorchScript models also ship inside its wheel.
@@ -43,6 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from bids_amyloid.preproc.bias import otsu_foreground
+from bids_amyloid.preproc.hdbet_net import forward, set_conv_dtype
 from bids_amyloid.preproc.template import resample_array, set_threads
 
 log = logging.getLogger(__name__)
@@ -157,24 +159,44 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == int(np.argmax(sizes))
 
 
+def _libc_call(name: str, *args: int) -> None:
+    """Call a glibc memory function if this C library has it (no effect, no error, otherwise)."""
+    import ctypes
+    import ctypes.util
+
+    path = ctypes.util.find_library("c")
+    try:
+        function = getattr(ctypes.CDLL(path), name, None) if path else None
+    except OSError:
+        function = None
+    if function is not None:
+        function(*args)
+
+
 def _return_freed_memory() -> None:
     """Have glibc give blocks of 1 MB and more back to the system as soon as they are freed.
 
     By default glibc keeps freed blocks of up to 32 MB in its heap for reuse;
     across N4, HD-BET's passes and numpy's temporaries that retained heap adds
-    ~0.12 GB to the session's peak. No effect (and no error) on other C libraries.
+    ~0.12 GB to the session's peak. Free heap is handed back now too.
     """
-    import ctypes
-    import ctypes.util
+    _libc_call("mallopt", M_MMAP_THRESHOLD, 1 << 20)
+    _libc_call("malloc_trim", 0)
 
-    name = ctypes.util.find_library("c")
+
+@contextlib.contextmanager
+def _slab_heap() -> Any:
+    """During a forward pass, blocks under 32 MiB come from glibc's heap and are reused.
+
+    The slab-wise convolutions (:mod:`.hdbet_net`) allocate and free
+    same-sized temporaries slab after slab; freshly mapped pages for each
+    would cost ~25 % more time. Afterwards freed blocks go back at once again.
+    """
+    _libc_call("mallopt", M_MMAP_THRESHOLD, 32 << 20)
     try:
-        libc = ctypes.CDLL(name) if name else None
-        mallopt = getattr(libc, "mallopt", None)
-    except OSError:
-        mallopt = None
-    if mallopt is not None:
-        mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        yield
+    finally:
+        _return_freed_memory()
 
 
 def _use_bf16(device: str) -> bool:
@@ -189,81 +211,10 @@ def _use_bf16(device: str) -> bool:
         return False
 
 
-def _norm_lrelu_(x: Any, norm: Any, slope: float) -> Any:
-    """Instance norm (the input's own statistics, as HD-BET runs) + leaky ReLU, in place.
-
-    For one image, instance norm is batch norm with batch statistics; torch's
-    batch-norm kernel writes its output over its input (statistics first, in
-    float), several times faster than ``var_mean`` on bfloat16 channels-last.
-    """
-    import torch
-
-    if x.shape[0] != 1:
-        raise ValueError(f"one image at a time, got a batch of {x.shape[0]}")
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d):
-        mean, invstd = x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
-        torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
-                                out=(x, mean, invstd))
-    else:  # a strided view: the kernel cannot write over it (wrong values, no error)
-        x.copy_(torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0,
-                                        norm.eps)[0])
-    return torch.nn.functional.leaky_relu_(x, slope)
-
-
-def _encode(block: Any, x: Any, slope: float) -> Any:
-    """HD-BET EncodingModule (dropout is off at inference): x + conv(norm(conv(norm(x))))."""
-    out = block.conv1(_norm_lrelu_(x.clone(), block.bn_1, slope))
-    out = block.conv2(_norm_lrelu_(out, block.bn_2, slope))
-    return out.add_(x)
-
-
-def _forward(net: Any, x: Any) -> Any:
-    """HD-BET's forward pass (its ``Network.forward``, deep supervision off), lean on memory.
-
-    Same operations in the same order, but every normalisation and activation
-    works in place and each skip connection is dropped as soon as it is
-    concatenated: the largest live tensors are the full-resolution
-    concatenation and one convolution output, instead of four or five such.
-    Returns the brain probability (float32, the input's spatial shape).
-    """
-    import torch
-
-    inner = 1e-2  # HD-BET's modules hard-code this slope; the network's own is net.leakiness
-    x = _encode(net.context1, net.init_conv(x), inner)
-    skips = []
-    for down, context in ((net.down1, net.context2), (net.down2, net.context3),
-                          (net.down3, net.context4), (net.down4, net.context5)):
-        x = _norm_lrelu_(x, down.bn, inner)
-        skips.append(x)
-        x = _encode(context, down.downsample(x), inner)
-    x = _norm_lrelu_(x, net.bn_after_context5, net.leakiness)
-    for up, local in ((net.up1, net.loc1), (net.up2, net.loc2), (net.up3, net.loc3)):
-        x = _norm_lrelu_(up.upsample_conv(up.upsample(x)), up.bn, inner)
-        x = torch.cat((skips.pop(), x), dim=1)
-        x = _norm_lrelu_(local.conv1(x), local.bn_1, inner)
-        x = _norm_lrelu_(local.conv2(x), local.bn_2, inner)
-    x = _norm_lrelu_(net.up4.upsample_conv(net.up4.upsample(x)), net.up4.bn, inner)
-    x = torch.cat((skips.pop(), x), dim=1)
-    x = _norm_lrelu_(net.end_conv_1(x), net.end_conv_1_bn, net.leakiness)
-    x = _norm_lrelu_(net.end_conv_2(x), net.end_conv_2_bn, net.leakiness)
-    logits = net.seg_layer(x).float()
-    del x
-    return torch.softmax(logits, dim=1)[0, 1]
-
-
-def _set_conv_dtype(net: Any, dtype: Any) -> None:
-    """Convolutions in ``dtype`` and channels-last layout (oneDNN's own: no reordered copies)."""
-    import torch
-
-    for module in net.modules():
-        if isinstance(module, torch.nn.Conv3d):
-            module.to(dtype=dtype, memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # runtime accepts both
-
-
 def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndarray:
     """One forward pass: brain probability for ``arr`` (network layout, normalised).
 
-    The convolutions must already be in the pass's dtype (:func:`_set_conv_dtype`).
+    The convolutions must already be in the pass's dtype (:func:`set_conv_dtype`).
     """
     import torch
 
@@ -274,8 +225,8 @@ def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndar
     x = torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None]
     x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
     del padded
-    with torch.inference_mode():
-        brain = _forward(net, x).cpu().numpy()
+    with torch.inference_mode(), _slab_heap():
+        brain = forward(net, x).cpu().numpy()
     return brain[: shape[0], : shape[1], : shape[2]]
 
 
@@ -315,7 +266,7 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
     arr = (arr - arr.mean()) / max(float(arr.std()), 1e-8)
     flips = MIRRORS[mirrors] if tta else ((),)
     total = np.zeros(arr.shape, np.float32)
-    _set_conv_dtype(net, torch.bfloat16 if half else torch.float32)
+    set_conv_dtype(net, torch.bfloat16 if half else torch.float32)
     for state in params:
         net.load_state_dict(state)  # float32 weights, copied into the convolutions' dtype
         for axes in flips:
