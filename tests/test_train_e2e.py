@@ -105,6 +105,20 @@ def test_ablation_and_cross_dataset_teacher(finished):
     assert "cross-dataset" in (run / "report.html").read_text()
 
 
+def test_a_teacher_from_other_preprocessing_is_refused(finished, tmp_path, caplog):
+    """--teacher whose file records another [preproc] than this run's caches: exit 64 naming
+    the field (the same file with its own values is accepted, test above)."""
+    bids, out, config, _ = finished
+    payload = torch.load(out / "group" / "default" / "teacher.pt", weights_only=True)
+    gamma = payload["config"]["preproc"]["gamma"]
+    payload["config"]["preproc"]["gamma"] = gamma + 0.25
+    other = tmp_path / "teacher_other_gamma.pt"
+    torch.save(payload, other)
+    copy_cohort(out, "default", "other-prep")
+    assert run_group(bids, out, config, "--run-name", "other-prep", "--teacher", str(other)) == 64
+    assert f"gamma = {gamma + 0.25!r} there, {gamma!r} here" in caplog.text
+
+
 def test_test_predictions_are_fp32_and_equal_predicts(finished, monkeypatch):
     """Training under bf16 autocast (as AMP on a GPU; CPU autocast here) leaves evaluation in
     fp32: the group level's test probabilities equal predict's for the same sessions."""

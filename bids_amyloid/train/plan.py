@@ -51,6 +51,29 @@ def check_teacher_config(source: Path, saved: dict[str, Any], cfg: AppConfig) ->
                          "): use the same values (--backbone, or --config)")
 
 
+def check_teacher_preproc(source: Path, cfg: AppConfig) -> None:
+    """A ``--teacher`` from another run must have seen slices made as this run's caches were.
+
+    ``cfg`` carries the caches' ``[preproc]`` (:func:`bids_amyloid.train.data.cache_config`);
+    the teacher file records the ``[preproc]`` of its own run's caches. Files that record
+    none (made before provenance) are not checked.
+    """
+    from bids_amyloid.config import PREPROC_STAGES, config_from_dict, preproc_parameters
+    from bids_amyloid.models import read_model_file
+
+    saved = read_model_file(source).get("config", {}).get("preproc")
+    if not saved:
+        return
+    theirs = preproc_parameters(config_from_dict({"preproc": saved}).preproc, PREPROC_STAGES)
+    ours = preproc_parameters(cfg.preproc, PREPROC_STAGES)
+    differ = [f"{k} = {theirs[k]!r} there, {ours[k]!r} here" for k in ours
+              if k in theirs and theirs[k] != ours[k]]
+    if differ:
+        raise UsageError(f"the teacher {source} was trained on slices preprocessed otherwise "
+                         f"than this run's slice caches ({'; '.join(differ)}): re-run the "
+                         "participant level with the teacher's [preproc] values (--config)")
+
+
 def teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], folder: Path
                       ) -> tuple[str, ...]:
     """The teacher's contrasts: those of the teacher file a stage starts from, else

@@ -52,7 +52,7 @@ from bids_amyloid.train.context import Run, make_datasets, prepare_cohort
 from bids_amyloid.train.data import cache_config
 from bids_amyloid.train.dist import deterministic, distributed
 from bids_amyloid.train.outputs import evaluate
-from bids_amyloid.train.plan import plan_phases, teacher_contrasts, union
+from bids_amyloid.train.plan import check_teacher_preproc, plan_phases, teacher_contrasts, union
 from bids_amyloid.train.stages import train_stages
 
 LOG = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
             init_output(opts.output_dir, opts.bids_dir)
         cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
         cfg = cache_config(cohort, opts.output_dir, all_c, cfg)  # [preproc]: the caches'
+        if opts.teacher is not None:
+            check_teacher_preproc(opts.teacher, cfg)
         if dist.rank == 0:
             header = (f"# bids-amyloid group run {opts.run_name}: student contrasts "
                       f"{'+'.join(student_c)}, teacher contrasts {'+'.join(teacher_c)}; the "
