@@ -32,25 +32,27 @@ def test_conv_into_equals_the_whole_volume_convolution(monkeypatch, kernel: int,
         plane = 6 * out.shape[3] * out.shape[4] * 4
         monkeypatch.setattr(hdbet_net, "SLAB_BYTES", (3 + 2) * plane)  # 3-plane slabs
         assert len(hdbet_net._slabs(out.shape[2], 6, out)) >= 3
-        hdbet_net.conv_into(conv, hdbet_net._planes(x), x.shape[2], [out])
+        hdbet_net.conv_into(conv, hdbet_net._planes(x), x.shape[2], out)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_conv_into_in_place_and_split_over_two_tensors(monkeypatch) -> None:
-    """Output written over its own input (one slab late), split over two channel halves."""
+def test_conv_into_in_place_over_a_channel_slice(monkeypatch) -> None:
+    """Output written over its own input, one slab late: here the second half of a buffer."""
     monkeypatch.setattr(hdbet_net, "SLAB_BYTES", (4 + 2) * 6 * 6 * 8 * 4)  # 4-plane slabs
     conv = torch.nn.Conv3d(6, 6, 3, 1, 1)
-    a, b = _volume(3, (17, 6, 8), 1), _volume(3, (17, 6, 8), 2)
+    buf = _volume(12, (17, 6, 8), 1)
     with torch.inference_mode():
-        expected = conv(torch.cat((a, b), 1))
-        hdbet_net.conv_into(conv, hdbet_net._planes(a, b), 17, [a, b])
-    torch.testing.assert_close(torch.cat((a, b), 1), expected, atol=1e-5, rtol=1e-5)
+        expected = conv(buf[:, 6:].contiguous())
+        first = buf[:, :6].clone()
+        hdbet_net.conv_into(conv, hdbet_net._planes(buf[:, 6:]), 17, buf[:, 6:])
+    torch.testing.assert_close(buf[:, 6:], expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(buf[:, :6], first)  # the other half untouched
 
 
 def test_conv_into_refuses_a_kernel_it_cannot_slice() -> None:
     with pytest.raises(ValueError, match="cubic kernel"):
         hdbet_net.conv_into(torch.nn.Conv3d(2, 2, 3, 1, 0), lambda a, b: None, 8,
-                            [torch.empty(1, 2, 6, 4, 4)])
+                            torch.empty(1, 2, 6, 4, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -59,7 +61,7 @@ def test_upsampled_planes_equal_torch_trilinear_upsampling(dtype: torch.dtype) -
     expected = torch.nn.functional.interpolate(x, scale_factor=2, mode="trilinear",
                                                align_corners=True)
     planes = hdbet_net._upsampled_planes(x)
-    got = torch.cat([planes(a, min(a + 5, 22)) for a in range(0, 22, 5)], 2)
+    got = torch.cat([planes(a, min(a + 5, 22)).clone() for a in range(0, 22, 5)], 2)  # reused
     if dtype == torch.float32:
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
     else:  # rounded to bfloat16 twice instead of once: within its resolution at x's magnitude
@@ -84,7 +86,7 @@ def _head(shape: tuple[int, int, int]) -> np.ndarray:
 
 
 def test_lean_forward_in_many_slabs_equals_the_packages_forward(monkeypatch) -> None:
-    """float32, every full-resolution convolution cut into first, interior and last slabs."""
+    """float32; the slab-wise convolutions and norms cut into first, interior and last slabs."""
     net, params = skullstrip._hdbet_networks("fast", "cpu")
     hdbet_net.set_conv_dtype(net, torch.float32)
     net.load_state_dict(params[0])
@@ -115,3 +117,22 @@ def test_hdbet_mask_matches_the_packages_forward_on_a_simulated_head(tmp_path,
     dice = 2 * (ours & theirs).sum() / (ours.sum() + theirs.sum())
     assert theirs.sum() > 1000
     assert dice >= 0.999
+
+
+def test_norm_on_a_channel_slice_in_slabs_equals_instance_norm(monkeypatch) -> None:
+    """The strided path (statistics first, then slab by slab) against torch's instance norm."""
+    monkeypatch.setattr(hdbet_net, "SLAB_BYTES", (3 + 2) * 10 * 7 * 9 * 4)  # 3-plane slabs
+    norm = torch.nn.InstanceNorm3d(5, affine=True)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    buf = _volume(10, (16, 7, 9), 4) * 3 + 2
+    part = buf[:, 5:]
+    assert len(hdbet_net._slabs(16, 10, part)) >= 3
+    expected = torch.nn.functional.leaky_relu(torch.nn.functional.instance_norm(
+        part.contiguous(), weight=norm.weight, bias=norm.bias), 0.1)
+    first = buf[:, :5].clone()
+    with torch.inference_mode():
+        hdbet_net.norm_lrelu_(part, norm, 0.1)
+    torch.testing.assert_close(part, expected, atol=1e-5, rtol=1e-5)
+    assert torch.equal(buf[:, :5], first)

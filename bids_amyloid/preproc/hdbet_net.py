@@ -1,32 +1,22 @@
 """HD-BET's forward pass, recomputed lean on memory (used by :mod:`.skullstrip`).
 
 The same operations as the package's ``Network.forward`` (deep supervision
-off), in the same order, with three changes to where tensors live:
-
-- normalisations and activations work in place;
-- every convolution is computed in slabs of planes along the first spatial
-  axis (each output voxel the same sum as the whole-volume call, which in
-  oneDNN also allocates twice its output) and written one slab late, so a
-  convolution that keeps its channel count overwrites its own input;
-- each resolution level holds its skip connection and the decoder's
-  upsampled branch as the two halves of one allocation (the concatenation,
-  never assembled: convolutions read slabs of both halves, and write their
-  output back split over them), and the upsampling is done slab by slab.
-
-At full resolution the network thus holds one buffer of twice the first
-level's channels, where the package holds the upsampled copy, the
-concatenation, a skip and convolution outputs at once.
+off), in the same order. Normalisations and activations work in place and
+each skip connection is dropped once used. At full resolution the decoder
+does not hold the package's four large tensors at once (skip, upsampled
+copy, concatenation, convolution output): the skip is copied into one
+buffer of twice its channels, the upsampled branch is convolved slab by slab
+(planes along the first axis, the upsampling itself slab by slab) into the
+other half, and the last two convolutions overwrite that concatenation slab
+by slab, each slab written once no later slab reads its planes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-# A slab's temporaries (its input planes, its output) stay under this size, so that glibc
-# serves them from its heap and reuses them slab after slab when blocks of up to
-# 32 MiB are kept there (skullstrip._slab_heap): fresh pages for each slab cost ~25 % more time.
-SLAB_BYTES = 30 << 20
+SLAB_BYTES = 30 << 20  # a slab's input planes, at most (its temporaries stay small)
 INNER_SLOPE = 1e-2  # HD-BET's modules hard-code this slope; the network's own is net.leakiness
 
 Planes = Callable[[int, int], Any]  # planes a:b of a (1, c, z, y, x) input, channels-last
@@ -39,49 +29,68 @@ def _slabs(depth: int, channels: int, like: Any) -> list[tuple[int, int]]:
     return [(z, min(z + size, depth)) for z in range(0, depth, size)]
 
 
-def norm_lrelu_(x: Any, norm: Any, slope: float, channels: slice = slice(None)) -> Any:
+def norm_lrelu_(x: Any, norm: Any, slope: float) -> Any:
     """Instance norm (the input's own statistics, as HD-BET runs) + leaky ReLU, in place.
 
     For one image, instance norm is batch norm with batch statistics; torch's
     batch-norm kernel writes its output over its input (statistics first, in
     float), several times faster than ``var_mean`` on bfloat16 channels-last.
-    ``channels``: the part of ``norm``'s channels that ``x`` holds.
+    A strided view (channels of a larger buffer), which that kernel cannot
+    write over, is done slab by slab: statistics (float64 sums) first, then
+    the kernel with those statistics on a contiguous copy of each slab.
     """
     import torch
 
     if x.shape[0] != 1:
         raise ValueError(f"one image at a time, got a batch of {x.shape[0]}")
-    weight, bias = norm.weight[channels], norm.bias[channels]
     if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last_3d):
         mean, invstd = x.new_empty(0, dtype=torch.float32), x.new_empty(0, dtype=torch.float32)
-        torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, norm.eps,
+        torch.native_batch_norm(x, norm.weight, norm.bias, None, None, True, 0.0, norm.eps,
                                 out=(x, mean, invstd))
-    else:  # a strided view: the kernel cannot write over it (wrong values, no error)
-        x.copy_(torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, norm.eps)[0])
-    return torch.nn.functional.leaky_relu_(x, slope)
+        return torch.nn.functional.leaky_relu_(x, slope)
+    slabs = _slabs(x.shape[2], 2 * x.shape[1], x)
+    size = (1, x.shape[1], slabs[0][1] - slabs[0][0], *x.shape[3:])
+    # one work slab of each kind, reused: fresh pages for every slab cost more than the arithmetic
+    wide = torch.empty(size, dtype=torch.float32).contiguous(memory_format=torch.channels_last_3d)
+    work = torch.empty(size, dtype=x.dtype).contiguous(memory_format=torch.channels_last_3d)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    squares = torch.zeros(x.shape[1], dtype=torch.float64)
+    for z0, z1 in slabs:
+        part = wide[:, :, : z1 - z0].copy_(x[:, :, z0:z1])
+        total += part.sum(dim=(0, 2, 3, 4), dtype=torch.float64)
+        squares += part.mul_(part).sum(dim=(0, 2, 3, 4), dtype=torch.float64)
+    count = x.numel() // x.shape[1]
+    mean64 = total / count
+    mean, var = mean64.float(), (squares / count - mean64 * mean64).clamp_(min=0.0).float()
+    unused = x.new_empty(0, dtype=torch.float32)
+    for z0, z1 in slabs:
+        part = work[:, :, : z1 - z0].copy_(x[:, :, z0:z1])
+        torch.native_batch_norm(part, norm.weight, norm.bias, mean, var, False, 0.0, norm.eps,
+                                out=(part, unused, unused))
+        x[:, :, z0:z1].copy_(torch.nn.functional.leaky_relu_(part, slope))
+    return x
 
 
-def _planes(*parts: Any) -> Planes:
-    """Planes ``a:b`` of the channel concatenation of ``parts`` (a view for one part)."""
+def _planes(x: Any) -> Planes:
+    """Planes ``a:b`` of ``x`` (a view when ``x`` is channels-last contiguous)."""
     import torch
 
-    if len(parts) == 1:
-        return lambda a, b: parts[0][:, :, a:b].contiguous(memory_format=torch.channels_last_3d)
-    return lambda a, b: torch.cat([p[:, :, a:b] for p in parts], 1).contiguous(
-        memory_format=torch.channels_last_3d)
+    return lambda a, b: x[:, :, a:b].contiguous(memory_format=torch.channels_last_3d)
 
 
 def _upsampled_planes(x: Any) -> Planes:
     """Planes ``a:b`` of ``interpolate(x, scale_factor=2, mode="trilinear", align_corners=True)``.
 
     Each slab is interpolated along the first axis with torch's own source
-    positions and weights, then within its planes (float32, one rounding to
-    ``x``'s dtype), so the whole upsampled volume never exists.
+    positions and weights (in float32), then within its planes, so the whole
+    upsampled volume never exists; in bfloat16 that rounds twice instead of
+    once. The planes returned are overwritten by the next call.
     """
     import torch
 
     depth, size = x.shape[2], (2 * x.shape[3], 2 * x.shape[4])
     scale = torch.tensor(depth - 1, dtype=torch.float32) / (2 * depth - 1)
+    out: list[Any] = [None]
 
     def planes(a: int, b: int) -> Any:
         src = torch.arange(a, b, dtype=torch.float32) * scale
@@ -93,19 +102,23 @@ def _upsampled_planes(x: Any) -> Planes:
         along = torch.lerp(part[:, :, i0 - lo], part[:, :, i1 - lo], lam.view(1, 1, -1, 1, 1))
         # x's dtype and channels-last: interpolate's fast path
         along = along.to(dtype=x.dtype, memory_format=torch.channels_last_3d)
-        return torch.nn.functional.interpolate(along, size=(b - a, *size), mode="trilinear",
-                                               align_corners=True)  # in-plane; identity along z
+        if out[0] is None or out[0].shape[2] < b - a:
+            out[0] = torch.empty((1, x.shape[1], b - a, *size), dtype=x.dtype,
+                                 device=x.device).contiguous(memory_format=torch.channels_last_3d)
+        # in-plane (identity along z), into one buffer reused slab after slab
+        return torch.ops.aten.upsample_trilinear3d.out(along, [b - a, *size], True,
+                                                       out=out[0][:, :, : b - a])
 
     return planes
 
 
-def conv_into(conv: Any, planes: Planes, depth: int, out: Sequence[Any]) -> Sequence[Any]:
-    """Write ``conv`` of an input of ``depth`` planes into ``out``, slab by slab.
+def conv_into(conv: Any, planes: Planes, depth: int, out: Any) -> Any:
+    """Write ``conv`` of an input of ``depth`` planes into ``out``, slab by slab; return ``out``.
 
-    ``conv``: cubic kernel, padding ``(k - 1) / 2``, stride 1 or 2.
-    ``planes(a, b)`` gives input planes ``a:b``; ``out`` is one tensor or
-    several whose channels, in order, make up the output. Each slab is written
-    one slab late, so ``out`` may be the input itself (same planes).
+    ``conv``: cubic kernel, padding ``(k - 1) / 2``, stride 1 or 2;
+    ``planes(a, b)`` gives input planes ``a:b``. Each output voxel is the same
+    sum as in the whole-volume call. Each slab is written one slab late, so
+    ``out`` may be the input itself.
     """
     import torch
 
@@ -113,11 +126,8 @@ def conv_into(conv: Any, planes: Planes, depth: int, out: Sequence[Any]) -> Sequ
     if (conv.kernel_size != (k,) * 3 or conv.padding != (p,) * 3 or 2 * p + 1 != k
             or conv.stride != (s,) * 3 or s not in (1, 2)):
         raise ValueError(f"slab-wise convolution needs a cubic kernel, 'same' padding: {conv}")
-    bounds = [0]
-    for o in out:
-        bounds.append(bounds[-1] + o.shape[1])
     pending = None
-    for z0, z1 in _slabs(out[0].shape[2], max(conv.in_channels, conv.out_channels), out[0]):
+    for z0, z1 in _slabs(out.shape[2], max(conv.in_channels, conv.out_channels), out):
         lo, hi = s * z0 - p, s * (z1 - 1) - p + k  # input planes the slab reads
         a, b = max(lo, 0), min(hi, depth)
         pad = p if (a, b) != (lo, hi) else 0  # zero padding at a volume face
@@ -125,37 +135,18 @@ def conv_into(conv: Any, planes: Planes, depth: int, out: Sequence[Any]) -> Sequ
         part = torch.nn.functional.conv3d(planes(a, b), conv.weight, conv.bias, stride=s,
                                           padding=(pad, p, p))[:, :, first: first + z1 - z0]
         if pending is not None:
-            _write(out, bounds, *pending)
+            out[:, :, pending[0]:pending[1]].copy_(pending[2])
         pending = (z0, z1, part)
     if pending is not None:
-        _write(out, bounds, *pending)
+        out[:, :, pending[0]:pending[1]].copy_(pending[2])
     return out
 
 
-def _write(out: Sequence[Any], bounds: list[int], z0: int, z1: int, part: Any) -> None:
-    for o, c0, c1 in zip(out, bounds[:-1], bounds[1:], strict=True):
-        o[:, :, z0:z1].copy_(part[:, c0:c1])
-
-
-def _encode_(block: Any, x: Any, slope: float, work: Any = None) -> Any:
-    """HD-BET EncodingModule (dropout off at inference): x + conv(norm(conv(norm(x)))).
-
-    With ``work`` (shaped like ``x``), computed there with the convolutions
-    slab by slab in place (:func:`conv_into`); else in a copy of ``x``, each
-    convolution into a new tensor.
-    """
-    slabs = work is not None
-    work = work.copy_(x) if slabs else x.clone()
-    for conv, norm in ((block.conv1, block.bn_1), (block.conv2, block.bn_2)):
-        norm_lrelu_(work, norm, slope)
-        work = conv_into(conv, _planes(work), work.shape[2], [work])[0] if slabs else conv(work)
-    return work.add_(x)
-
-
-def _norm_halves(halves: Sequence[Any], norm: Any, slope: float) -> None:
-    n = halves[0].shape[1]
-    for i, half in enumerate(halves):
-        norm_lrelu_(half, norm, slope, slice(i * n, (i + 1) * n))
+def _encode(block: Any, x: Any, slope: float) -> Any:
+    """HD-BET EncodingModule (dropout off at inference): x + conv(norm(conv(norm(x))))."""
+    out = block.conv1(norm_lrelu_(x.clone(), block.bn_1, slope))
+    out = block.conv2(norm_lrelu_(out, block.bn_2, slope))
+    return out.add_(x)
 
 
 def forward(net: Any, x: Any) -> Any:
@@ -165,44 +156,41 @@ def forward(net: Any, x: Any) -> Any:
     16, in the convolutions' dtype. Returns the brain probability (float32,
     the input's spatial shape).
 
-    At full resolution at most two tensors of the first level's channels live
-    (the residual block's input and work copy; then the skip and the upsampled
-    branch, which the last convolutions overwrite) plus slab temporaries; the
-    coarser levels, an eighth of the size each, run whole-volume.
+    Whole-volume operations except at full resolution in the decoder: there
+    the skip is copied into one buffer of twice its channels, the upsampled
+    branch is convolved slab by slab into the other half (the whole upsampled
+    volume never exists), and the last two convolutions overwrite that
+    concatenation slab by slab.
     """
     import torch
 
-    x = net.init_conv(x)
-    skip = _encode_(net.context1, x, INNER_SLOPE, torch.empty_like(x))
-    del x
-    x = norm_lrelu_(skip, net.down1.bn, INNER_SLOPE)
-    x = _encode_(net.context2, net.down1.downsample(x), INNER_SLOPE)
+    x = _encode(net.context1, net.init_conv(x), INNER_SLOPE)
     skips = []
-    for down, context in ((net.down2, net.context3), (net.down3, net.context4),
-                          (net.down4, net.context5)):
+    for down, context in ((net.down1, net.context2), (net.down2, net.context3),
+                          (net.down3, net.context4), (net.down4, net.context5)):
         x = norm_lrelu_(x, down.bn, INNER_SLOPE)
         skips.append(x)
-        x = _encode_(context, down.downsample(x), INNER_SLOPE)
+        x = _encode(context, down.downsample(x), INNER_SLOPE)
     x = norm_lrelu_(x, net.bn_after_context5, net.leakiness)
     for up, local in ((net.up1, net.loc1), (net.up2, net.loc2), (net.up3, net.loc3)):
         x = norm_lrelu_(up.upsample_conv(up.upsample(x)), up.bn, INNER_SLOPE)
         x = torch.cat((skips.pop(), x), dim=1)
         x = norm_lrelu_(local.conv1(x), local.bn_1, INNER_SLOPE)
         x = norm_lrelu_(local.conv2(x), local.bn_2, INNER_SLOPE)
-    # full resolution: cat((skip, branch)) is never assembled; convolutions read slabs of both
-    depth = skip.shape[2]
-    branch = conv_into(net.up4.upsample_conv, _upsampled_planes(x), depth,
-                       [torch.empty_like(skip)])[0]
+    skip = skips.pop()
+    c = skip.shape[1]
+    buf = torch.empty((1, 2 * c, *skip.shape[2:]), dtype=skip.dtype, device=skip.device,
+                      memory_format=torch.channels_last_3d)
+    buf[:, :c].copy_(skip)
+    del skip
+    conv_into(net.up4.upsample_conv, _upsampled_planes(x), buf.shape[2], buf[:, c:])
     del x
-    norm_lrelu_(branch, net.up4.bn, INNER_SLOPE)
+    norm_lrelu_(buf[:, c:], net.up4.bn, INNER_SLOPE)
     for conv, norm in ((net.end_conv_1, net.end_conv_1_bn), (net.end_conv_2, net.end_conv_2_bn)):
-        conv_into(conv, _planes(skip, branch), depth, [skip, branch])
-        _norm_halves((skip, branch), norm, net.leakiness)
-    brain = torch.empty(skip.shape[2:], dtype=torch.float32, device=skip.device)
-    for z0, z1 in _slabs(depth, 2 * skip.shape[1], skip):
-        logits = net.seg_layer(_planes(skip, branch)(z0, z1)).float()
-        brain[z0:z1] = torch.softmax(logits, dim=1)[0, 1]
-    return brain
+        norm_lrelu_(conv_into(conv, _planes(buf), buf.shape[2], buf), norm, net.leakiness)
+    logits = net.seg_layer(buf).float()
+    del buf
+    return torch.softmax(logits, dim=1)[0, 1]
 
 
 def set_conv_dtype(net: Any, dtype: Any) -> None:

@@ -184,21 +184,6 @@ def _return_freed_memory() -> None:
     _libc_call("malloc_trim", 0)
 
 
-@contextlib.contextmanager
-def _slab_heap() -> Any:
-    """During a forward pass, blocks under 32 MiB come from glibc's heap and are reused.
-
-    The slab-wise convolutions (:mod:`.hdbet_net`) allocate and free
-    same-sized temporaries slab after slab; freshly mapped pages for each
-    would cost ~25 % more time. Afterwards freed blocks go back at once again.
-    """
-    _libc_call("mallopt", M_MMAP_THRESHOLD, 32 << 20)
-    try:
-        yield
-    finally:
-        _return_freed_memory()
-
-
 def _use_bf16(device: str) -> bool:
     """Whether bfloat16 convolutions are fast here (native CPU support, or a CUDA device)."""
     import torch
@@ -225,7 +210,7 @@ def _network_pass(net: Any, arr: np.ndarray, device: str, bf16: bool) -> np.ndar
     x = torch.from_numpy(np.ascontiguousarray(padded, np.float32))[None, None]
     x = x.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last_3d)
     del padded
-    with torch.inference_mode(), _slab_heap():
+    with torch.inference_mode():
         brain = forward(net, x).cpu().numpy()
     return brain[: shape[0], : shape[1], : shape[2]]
 
