@@ -184,6 +184,19 @@ def _return_freed_memory() -> None:
     _libc_call("malloc_trim", 0)
 
 
+def _huge_pages_for_torch() -> None:
+    """Ask torch for 2 MB pages for its large CPU tensors (unless the user set it).
+
+    Each fresh 4 kB page costs a fault on first touch; HD-BET's passes touch
+    ~2.5 GB of fresh tensors each, and with 2 MB pages (transparent huge pages,
+    where the kernel offers them) they run ~10 % faster, at the same peak.
+    torch reads ``THP_MEM_ALLOC_ENABLE`` once, at its first allocation: this
+    takes effect when skull stripping is the process's first use of torch
+    (a participant worker), and changes nothing otherwise.
+    """
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 def _use_bf16(device: str) -> bool:
     """Whether bfloat16 convolutions are fast here (native CPU support, or a CUDA device)."""
     import torch
@@ -234,6 +247,7 @@ def hdbet_mask(image: nib.Nifti1Image, tta: bool = True, mode: str = "fast",
     """
     if tta and mirrors not in MIRRORS:
         raise ValueError(f"HD-BET TTA mirrors must be one of {sorted(MIRRORS)}, got {mirrors!r}")
+    _huge_pages_for_torch()
     import torch
 
     set_threads(threads)
