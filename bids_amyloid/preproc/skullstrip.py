@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +300,10 @@ def _deepbet_extractor(device: str) -> Any:
     deepbet_weight_files()
     from deepbet.bet import BrainExtraction
 
-    return BrainExtraction(no_gpu=device == "cpu")
+    with warnings.catch_warnings():  # its TorchScript files: torch.jit.load's deprecation notice
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated",
+                                category=FutureWarning)
+        return BrainExtraction(no_gpu=device == "cpu")
 
 
 def deepbet_mask(image: nib.Nifti1Image, device: str = "cpu", threads: int = 1) -> nib.Nifti1Image:
