@@ -61,7 +61,7 @@ NO_TEACHER = "student_T1w_no-teacher"
 def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
                             distill_epochs: int = 6, train_extra: str = "",
                             distill_extra: str = "", image_size: int = 32, n_slices: int = 6,
-                            contrastive_epochs: int = 2) -> str:
+                            contrastive_epochs: int = 2, model_extra: str = "") -> str:
     """The group-level TOML of a small synthetic cohort on CPU.
 
     A tiny randomly initialised ViT (:data:`BACKBONE`) on 32 px slices, 6 slices
@@ -69,8 +69,8 @@ def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
     2 contrastive epochs, and the
     small-cohort phase-3 rule of :func:`bids_amyloid.train.phases.head_budget`:
     one optimiser step per batch (``accumulation = 1``) and a classifier layer
-    re-initialised at zero (``reinit_gain = 0``). ``train_extra`` and
-    ``distill_extra`` are TOML lines appended to ``[train]`` and ``[distill]``.
+    re-initialised at zero (``reinit_gain = 0``). ``model_extra``, ``train_extra`` and
+    ``distill_extra`` are TOML lines appended to ``[model]``, ``[train]`` and ``[distill]``.
     The demo, ``tests/test_learning.py``, ``benchmarks/calibration.py`` and
     ``benchmarks/train_quality.py`` use it.
 
@@ -82,7 +82,7 @@ def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
     return f"""[model]
 backbone = "{BACKBONE}"
 image_size = {image_size}
-
+{model_extra}
 [train]
 n_train_slices = {n_slices}
 bootstrap = {bootstrap}
