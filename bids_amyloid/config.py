@@ -212,6 +212,9 @@ class ContrastiveConfig:
     val_triplet_weight: float = 0.1
 
 
+REINIT_LAYERS = ("last", "all")  # [distill] reinit_layers
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Phase 3: distillation into the MRI-only student."""
@@ -252,6 +255,11 @@ class DistillConfig:
     # phase 3 counted in optimiser steps (train.phases.head_budget): with few steps the
     # Xavier draw of the re-initialised layer decides the ranking; 0 (zero start) for small cohorts
     reinit_gain: float = 0.5
+    # "last" (the paper): only the classifier's output layer is re-drawn; "all" also re-draws
+    # its first layer (Xavier, bias 0). The teacher's first layer was fitted to PET+MRI
+    # embeddings: with a backbone trained from scratch most of its units are dead or flat on
+    # the student's MRI-only embeddings and the head barely moves (benchmarks/student_probe.py)
+    reinit_layers: str = "last"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bids_amyloid.config import AppConfig, ConfigError, load_config
+from bids_amyloid.config import REINIT_LAYERS, AppConfig, ConfigError, load_config
 
 
 def _choices(name: str) -> tuple[str, ...]:
@@ -89,6 +89,9 @@ def _problems(cfg: AppConfig) -> Iterator[tuple[str, str]]:
     low, high = pp.slice_range
     if not 0 <= low < high <= 1:
         yield "preproc.slice_range", f"need 0 ≤ low < high ≤ 1, got {pp.slice_range}"
+    if cfg.distill.reinit_layers not in REINIT_LAYERS:
+        yield "distill.reinit_layers", (f"must be one of {', '.join(REINIT_LAYERS)}, got "
+                                        f"{cfg.distill.reinit_layers!r}")
     if cfg.train.cv_folds != 0 and cfg.train.cv_folds < 3:
         yield "train.cv_folds", (f"0 (one split) or ≥ 3 (a test, a validation and a training "
                                  f"fold each), got {cfg.train.cv_folds!r}")

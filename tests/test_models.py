@@ -429,6 +429,27 @@ def test_init_from_teacher_copies_and_reinitialises_last_layer():
     assert student.classifier[-1].weight.abs().max() <= bound
 
 
+def test_reinit_layers_all_also_redraws_the_first_classifier_layer():
+    """[distill] reinit_layers = "all": the student's first classifier layer is a fresh
+    Xavier draw (bias 0, within the bound for 128 → 64), not the teacher's."""
+    torch.manual_seed(0)
+    teacher = build_teacher(TINY, ("T1w",))
+    with torch.no_grad():
+        for p in teacher.classifier.parameters():
+            p.add_(0.5)  # a teacher layer no Xavier draw can equal, bias non-zero
+    cfg = dataclasses.replace(TINY, distill=dataclasses.replace(TINY.distill, reinit_layers="all"))
+    student = build_student(cfg, ("T1w",))
+    student.init_from_teacher(teacher)
+    first = student.classifier[0]
+    assert not torch.equal(first.weight, teacher.classifier[0].weight)
+    assert torch.all(first.bias == 0)
+    assert first.weight.abs().max() <= (6 / (128 + 64)) ** 0.5  # Xavier bound, gain 1
+    assert torch.equal(student.projection.state_dict()["0.weight"],
+                       teacher.projection.state_dict()["0.weight"])
+    with pytest.raises(ValueError, match="layers must be one of"):
+        student.classifier.reset_for_student(0.5, "first")
+
+
 def test_works_under_bfloat16_autocast():
     model = build_teacher(TINY, ("T1w",)).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

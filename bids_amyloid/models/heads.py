@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bids_amyloid.config import REINIT_LAYERS
+
 
 class ProjectionHead(nn.Sequential):
     """Per-slice projection of backbone features to the attention width."""
@@ -82,9 +84,15 @@ class Classifier(nn.Sequential):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
-    def reset_last_layer(self, gain: float) -> None:
-        """Xavier-uniform re-initialisation of the output layer (bias 0), before distillation."""
-        last = self[-1]
-        assert isinstance(last, nn.Linear)
+    def reset_for_student(self, gain: float, layers: str = "last") -> None:
+        """Before distillation: Xavier-uniform re-initialisation (bias 0) of the output layer
+        with ``gain``, and with ``layers="all"`` of the first layer too (gain 1)."""
+        if layers not in REINIT_LAYERS:
+            raise ValueError(f"layers must be one of {REINIT_LAYERS}, got {layers!r}")
+        first, last = self[0], self[-1]
+        assert isinstance(first, nn.Linear) and isinstance(last, nn.Linear)
+        if layers == "all":
+            nn.init.xavier_uniform_(first.weight)
+            nn.init.zeros_(first.bias)
         nn.init.xavier_uniform_(last.weight, gain=gain)
         nn.init.zeros_(last.bias)

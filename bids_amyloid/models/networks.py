@@ -150,7 +150,7 @@ class AmyloidNetwork(nn.Module):
         self.classifier = Classifier(m.embed_dim, m.cls_hidden,
                                      m.teacher_cls_dropout if teacher else m.student_cls_dropout)
         self.image_size = m.image_size
-        self.reinit_gain = cfg.distill.reinit_gain
+        self.reinit_gain, self.reinit_layers = cfg.distill.reinit_gain, cfg.distill.reinit_layers
 
     # --- encoding -----------------------------------------------------------------------
     def embed_slices(self, groups: list[tuple[torch.Tensor, torch.Tensor]]) -> list[torch.Tensor]:
@@ -297,7 +297,8 @@ class Student(AmyloidNetwork):
         self-attention branch (attention + pooling; the student's role, as in
         the reference code), the contrast embeddings of shared contrasts and
         the classifier, then re-initialises the classifier's last layer
-        (Xavier, gain ``cfg.distill.reinit_gain``, bias 0).
+        (Xavier, gain ``cfg.distill.reinit_gain``, bias 0), and its first layer too when
+        ``cfg.distill.reinit_layers = "all"``.
         """
         mine, theirs = self.backbone.info, teacher.backbone.info
         if mine.timm_model != theirs.timm_model or (mine.pretrained and theirs.pretrained
@@ -315,7 +316,7 @@ class Student(AmyloidNetwork):
         for i, c in enumerate(self.contrasts):
             if c in teacher.contrasts:
                 self.contrast_embedding[i] = teacher.contrast_embedding[teacher.contrasts.index(c)]
-        self.classifier.reset_last_layer(self.reinit_gain)
+        self.classifier.reset_for_student(self.reinit_gain, self.reinit_layers)
 
 
 def build_teacher(cfg: AppConfig, contrasts: tuple[str, ...],

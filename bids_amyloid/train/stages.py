@@ -207,13 +207,13 @@ def no_teacher_phase(run: Run) -> None:
 
     The MRI-only student trained with its classification loss alone (``a``·MarginFocal: no
     teacher, no KD terms), on the same data with the same schedule, seeds and selection (best
-    validation F1@τ) as phase 3; its classifier's last layer is initialised as after
+    validation F1@τ) as phase 3; its classifier's re-initialised layers are drawn as by
     ``init_from_teacher``. Writes ``student_<C>_no-teacher.pt``; its epochs are logged as
     phase ``no-teacher`` (checkpoints in ``checkpoints/no-teacher/``).
     """
     cfg = run.cfg
     student = build_network("student", run, run.student_contrasts)
-    student.classifier.reset_last_layer(cfg.distill.reinit_gain)
+    student.classifier.reset_for_student(cfg.distill.reinit_gain, cfg.distill.reinit_layers)
     task = DistillPhase(phase_context(run, cfg.distill.batch_size), student, None)
     epoch = train_phase(run, task, cfg.distill.batch_size)
     tau = val_tau(run, student, "student", run.student_contrasts)
