@@ -63,7 +63,7 @@ import numpy as np
 import pandas as pd
 
 from bids_amyloid.demo import CONFIG as DEMO_CONFIG
-from bids_amyloid.demo import small_cohort_group_toml
+from bids_amyloid.demo import SMALL_COHORT_LRS, small_cohort_group_toml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -90,7 +90,6 @@ pet_registration_smoothing = [2.0, 1.0]
 pet_registration_iterations = [100, 30]
 pet_realign = false
 """
-PHASE3_LRS = "lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n"
 # protocol demo-64: the demo's schedule on 8 slices of 64 px with LoRA in all six blocks of the
 # tiny ViT and the student's whole classifier re-drawn before phase 3 (chosen on the baseline
 # student's validation AUC at 200 subjects: 0.786; 0.747 with only the last layer re-drawn,
@@ -98,7 +97,7 @@ PHASE3_LRS = "lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n"
 GROUP_64PX = small_cohort_group_toml(
     image_size=64, n_slices=8, pretrain_epochs=8, distill_epochs=30,
     model_extra="lora_blocks = [0, 1, 2, 3, 4, 5]\n", train_extra='device = "cpu"\n',
-    distill_extra=PHASE3_LRS + 'reinit_layers = "all"\n')
+    distill_extra=SMALL_COHORT_LRS + 'reinit_layers = "all"\n')
 
 
 def parse() -> argparse.Namespace:
@@ -164,7 +163,7 @@ def group_config(args: argparse.Namespace) -> Path:
     p1, p2, p3 = args.epochs
     small = small_cohort_group_toml(
         image_size=args.image_size, n_slices=8, pretrain_epochs=p1, contrastive_epochs=p2,
-        distill_epochs=p3, distill_extra=PHASE3_LRS)
+        distill_epochs=p3, distill_extra=SMALL_COHORT_LRS)
     path.write_text({"demo": DEMO_CONFIG, "demo-64": GROUP_64PX, "small": small}[args.protocol])
     return path
 

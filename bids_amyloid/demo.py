@@ -58,6 +58,9 @@ STUDENT = "student_T1w"
 NO_TEACHER = "student_T1w_no-teacher"
 
 
+SMALL_COHORT_LRS = "lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n"  # [distill]
+
+
 def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
                             distill_epochs: int = 6, train_extra: str = "",
                             distill_extra: str = "", image_size: int = 32, n_slices: int = 6,
@@ -136,7 +139,7 @@ voi_registration = "rigid"
 # zero, so the label, not a random draw, sets its direction.
 """ + small_cohort_group_toml(
     pretrain_epochs=8, distill_epochs=30, train_extra='device = "cpu"\n',
-    distill_extra="lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n")
+    distill_extra=SMALL_COHORT_LRS)
 BANNER = ("SYNTHETIC DATA, tiny randomly initialised backbone ({backbone}, 32 px), short "
           "schedule, CPU-sized preprocessing: the demo shows whether the pipeline learns the "
           "amyloid signal the simulator puts into the MRI, not the method's accuracy on "

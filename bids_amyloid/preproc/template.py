@@ -166,7 +166,7 @@ def resample_image(image: nib.Nifti1Image, reference: nib.Nifti1Image, order: in
     return nib.Nifti1Image(data, reference.affine)
 
 
-_ITK_THREADS: list[int] = []  # the count ITK was first asked for in this process
+_ITK_REQUESTS: list[int] = []  # distinct counts asked for in this process; ITK keeps the first
 
 
 def set_threads(threads: int) -> None:
@@ -176,16 +176,15 @@ def set_threads(threads: int) -> None:
     for another count has no effect there (and registrations depend on the count, in
     the last digits). Participant workers are spawned with their count set before
     any import, so a session's result never depends on what the process did before;
-    an in-process caller asking for a second count is warned.
+    an in-process caller asking for a second count is warned (once per count).
     """
     threads = max(1, int(threads))
-    if _ITK_THREADS and threads not in _ITK_THREADS:
-        _ITK_THREADS.append(threads)  # warn once per count
-        log.warning("ITK already runs with %d thread(s) in this process; %d requested: ANTs "
-                    "results may differ in the last digits from a fresh process", _ITK_THREADS[0],
-                    threads)
-    elif not _ITK_THREADS:
-        _ITK_THREADS.append(int(os.environ.get("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", threads)))
+    if threads not in _ITK_REQUESTS:
+        if _ITK_REQUESTS:
+            log.warning("ITK already runs with %d thread(s) in this process; %d requested: ANTs "
+                        "results may differ in the last digits from a fresh process",
+                        _ITK_REQUESTS[0], threads)
+        _ITK_REQUESTS.append(threads)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     import sys
 

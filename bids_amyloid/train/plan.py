@@ -51,20 +51,19 @@ def check_teacher_config(source: Path, saved: dict[str, Any], cfg: AppConfig) ->
                          "): use the same values (--backbone, or --config)")
 
 
-def check_teacher_preproc(source: Path, cfg: AppConfig) -> None:
+def check_teacher_preproc(source: Path, saved: dict[str, Any], cfg: AppConfig) -> None:
     """A ``--teacher`` from another run must have seen slices made as this run's caches were.
 
     ``cfg`` carries the caches' ``[preproc]`` (:func:`bids_amyloid.train.data.cache_config`);
-    the teacher file records the ``[preproc]`` of its own run's caches. Files that record
-    none (made before provenance) are not checked.
+    ``saved`` is the teacher file's configuration, whose ``[preproc]`` is its own run's
+    caches'. Files that record none (made before provenance) are not checked.
     """
     from bids_amyloid.config import PREPROC_STAGES, config_from_dict, preproc_parameters
-    from bids_amyloid.models import read_model_file
 
-    saved = read_model_file(source).get("config", {}).get("preproc")
-    if not saved:
+    if not saved.get("preproc"):
         return
-    theirs = preproc_parameters(config_from_dict({"preproc": saved}).preproc, PREPROC_STAGES)
+    theirs = preproc_parameters(config_from_dict({"preproc": saved["preproc"]}).preproc,
+                                PREPROC_STAGES)
     ours = preproc_parameters(cfg.preproc, PREPROC_STAGES)
     differ = [f"{k} = {theirs[k]!r} there, {ours[k]!r} here" for k in ours
               if k in theirs and theirs[k] != ours[k]]
@@ -75,9 +74,10 @@ def check_teacher_preproc(source: Path, cfg: AppConfig) -> None:
 
 
 def teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], folder: Path
-                      ) -> tuple[str, ...]:
+                      ) -> tuple[tuple[str, ...], dict[str, Any]]:
     """The teacher's contrasts: those of the teacher file a stage starts from, else
-    ``--teacher-contrasts``, else the student's."""
+    ``--teacher-contrasts``, else the student's; with that file's configuration (``{}``
+    when no file is read), so the file is read once."""
     source = opts.teacher
     if (source is None and "pretrain" not in phases and "no-pretrain" not in cfg.train.ablate
             and NO_TEACHER not in cfg.train.ablate):
@@ -89,9 +89,10 @@ def teacher_contrasts(opts: RunOptions, cfg: AppConfig, phases: list[str], folde
         if payload["role"] != "teacher":
             raise UsageError(f"{source} holds a {payload['role']}, not a teacher")
         found = tuple(payload["contrasts"])
-        check_teacher_config(source, payload.get("config", {}), cfg)
+        saved = payload.get("config", {})
+        check_teacher_config(source, saved, cfg)
         if opts.teacher_contrasts and tuple(opts.teacher_contrasts) != found:
             raise UsageError(f"--teacher-contrasts {' '.join(opts.teacher_contrasts)} differ from "
                              f"the contrasts {' '.join(found)} of {source}")
-        return found
-    return tuple(opts.teacher_contrasts) or tuple(cfg.cohort.contrasts)
+        return found, saved
+    return tuple(opts.teacher_contrasts) or tuple(cfg.cohort.contrasts), {}

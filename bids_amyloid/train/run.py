@@ -73,7 +73,7 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
         folder = GroupRun.of(opts.output_dir, opts.run_name).folder
         folder.mkdir(parents=True, exist_ok=True)
         student_c = tuple(cfg.cohort.contrasts)
-        teacher_c = teacher_contrasts(opts, cfg, phases, folder)
+        teacher_c, teacher_saved = teacher_contrasts(opts, cfg, phases, folder)
         all_c = union(teacher_c, student_c)
         cfg_cohort = apply_overrides(cfg, {"cohort": {"contrasts": all_c}})
         if dist.rank == 0:
@@ -83,7 +83,7 @@ def run_group(opts: RunOptions, cfg: AppConfig) -> int:
         cohort = prepare_cohort(opts, cfg_cohort, folder, dist)
         cfg = cache_config(cohort, opts.output_dir, all_c, cfg)  # [preproc]: the caches'
         if opts.teacher is not None:
-            check_teacher_preproc(opts.teacher, cfg)
+            check_teacher_preproc(opts.teacher, teacher_saved, cfg)
         if dist.rank == 0:
             header = (f"# bids-amyloid group run {opts.run_name}: student contrasts "
                       f"{'+'.join(student_c)}, teacher contrasts {'+'.join(teacher_c)}; the "
