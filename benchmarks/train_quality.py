@@ -57,6 +57,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -220,31 +221,41 @@ def oracle_on(bids: Path, test: pd.DataFrame) -> float:
     return oracle_auc(bids, sessions, test["label"].to_numpy())
 
 
-def csf_features(out: Path, row: pd.Series, n_slices: int, size: int) -> np.ndarray:
+def csf_features(out: Path, row: pd.Series, n_slices: int | None, size: int | None
+                 ) -> np.ndarray:
     """Hand-made MRI features of one pair: the fraction of in-head pixels darker than
-    0.15 / 0.25 / 0.35 (CSF: ventricles, sulci) and the mean, over the ``n_slices`` slices
-    training uses, after resizing to ``size`` px as the model input is."""
+    0.15 / 0.25 / 0.35 (CSF: ventricles, sulci) and the mean, over ``n_slices`` evenly spaced
+    slices of the participant level's slice cache (all when None), resized to ``size`` px as
+    the model input is (the cache's own size when None)."""
     import torch
     import torch.nn.functional as F
 
-    from bids_amyloid import derivatives
     from bids_amyloid.train.data import even_positions
 
-    path = derivatives.mri_slice_cache(out, str(row["participant_id"]).removeprefix("sub-"),
-                                       str(row["mri_session"]).removeprefix("ses-"), "T1w")
-    stack = np.load(path).astype(np.float32)
-    stack = stack[even_positions(len(stack), n_slices)]
-    x = F.interpolate(torch.from_numpy(stack)[:, None], size=(size, size), mode="bilinear",
-                      antialias=True, align_corners=False)[:, 0].numpy()
-    head = x > 0.02
-    values = x[head]
+    x = np.load(_cache(out, row)).astype(np.float32)
+    if n_slices is not None:
+        x = x[even_positions(len(x), n_slices)]
+    if size is not None and size != x.shape[-1]:
+        x = F.interpolate(torch.from_numpy(x)[:, None], size=(size, size), mode="bilinear",
+                          antialias=True, align_corners=False)[:, 0].numpy()
+    values = x[x > 0.02]
     return np.array([*(float((values < t).mean()) for t in (0.15, 0.25, 0.35)),
                      float(values.mean())])
 
 
-def probe_auc(out: Path, run: Path, n_slices: int, size: int) -> float:
-    """Test AUC of a logistic regression on :func:`csf_features`, fitted on the training
-    pairs: how much label signal the student's input carries to a simple reader."""
+def truth_features(bids: Path, row: pd.Series) -> np.ndarray:
+    """The simulator's two MRI-visible numbers of the pair's MRI session (what the oracle
+    scores): cortical thinning and ventricle growth."""
+    from bids_amyloid.sim.oracle import read_parameters
+
+    table = read_parameters(bids).set_index(["participant_id", "session_id"])
+    truth = table.loc[(str(row["participant_id"]), str(row["mri_session"]))]
+    return np.array([float(truth["cortical_thinning"]), float(truth["ventricle_growth_mm"])])
+
+
+def probe_auc(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray]) -> float:
+    """Test AUC of a logistic regression on ``features(row)``, fitted on the training
+    pairs: how much label signal a simple reader finds at that step."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -255,19 +266,39 @@ def probe_auc(out: Path, run: Path, n_slices: int, size: int) -> float:
     cohort = pd.read_csv(run / "cohort.tsv", sep="\t", dtype={"participant_id": str})
     test = preds[(preds["split"] == "test") & (preds["model"] == preds["model"].iloc[0])]
     train = cohort[(cohort["split"] == "train")]
-    train = train[[_has_cache(out, r) for _, r in train.iterrows()]]
-    xs = np.stack([csf_features(out, r, n_slices, size) for _, r in train.iterrows()])
+    train = train[[_cache(out, r).is_file() for _, r in train.iterrows()]]
+    xs = np.stack([features(r) for _, r in train.iterrows()])
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(xs, train["label"])
-    xt = np.stack([csf_features(out, r, n_slices, size) for _, r in test.iterrows()])
+    xt = np.stack([features(r) for _, r in test.iterrows()])
     return auc(test["label"].to_numpy(), model.predict_proba(xt)[:, 1])
 
 
-def _has_cache(out: Path, row: pd.Series) -> bool:
+def probe_rows(args: argparse.Namespace, bids: Path, config: Path) -> list[dict[str, object]]:
+    """From the simulator's truth to the student's input, the label signal left at each step:
+    the oracle, a reader of the oracle's two numbers fitted on the training pairs (the same
+    training data the student has), and CSF readers of the whole slice cache and of the
+    slices and size the model reads."""
+    run = args.out / "group" / "baseline"
+    n_slices, size = model_input(config)
+    test = student_predictions(run, "baseline")
+    cache = np.load(_cache(args.out, test.iloc[0]), mmap_mode="r")
+    return [
+        {"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, test)},
+        {"row": "oracle's two numbers, logistic regression on the training pairs",
+         "auc": probe_auc(args.out, run, lambda r: truth_features(bids, r))},
+        {"row": f"CSF-fraction probe, all {cache.shape[0]} cached slices at {cache.shape[-1]} px",
+         "auc": probe_auc(args.out, run, lambda r: csf_features(args.out, r, None, None))},
+        {"row": f"CSF-fraction probe, the model's {n_slices} slices at {size} px",
+         "auc": probe_auc(args.out, run, lambda r: csf_features(args.out, r, n_slices, size))},
+    ]
+
+
+def _cache(out: Path, row: pd.Series) -> Path:
+    """The T1w slice cache of a pair's MRI session."""
     from bids_amyloid import derivatives
 
     return derivatives.mri_slice_cache(out, str(row["participant_id"]).removeprefix("sub-"),
-                                       str(row["mri_session"]).removeprefix("ses-"),
-                                       "T1w").is_file()
+                                       str(row["mri_session"]).removeprefix("ses-"), "T1w")
 
 
 def teacher_auc(run: Path) -> tuple[float, float, float]:
@@ -310,11 +341,7 @@ def summarise(args: argparse.Namespace, bids: Path, config: Path,
     base = tests["baseline"]
     rows: list[dict[str, object]] = []
     if not args.synthetic:
-        rows.append({"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, base)})
-        n_slices, model_size = model_input(config)
-        for size in sorted({model_size, 112}):
-            rows.append({"row": f"CSF-fraction probe, {n_slices} slices at {size} px",
-                         "auc": probe_auc(args.out, group / "baseline", n_slices, size)})
+        rows.extend(probe_rows(args, bids, config))
     for variant in done:
         if variant not in REUSE_TEACHER and variant != "no-teacher":
             t, lo, hi = teacher_auc(group / variant)

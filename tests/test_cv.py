@@ -114,6 +114,20 @@ def test_cv_writes_folds_oof_and_pooled_metrics(finished):
     assert (run / "reliability.png").is_file()
 
 
+def test_cv_without_participant_outputs_says_so(finished, tmp_path, caplog):
+    """--cv on an output folder that holds no slice caches: the input-missing exit code and
+    a message pointing at the participant level (not a fold-count complaint)."""
+    from bids_amyloid.errors import EXIT_INPUT_MISSING
+
+    bids, out, config, _ = finished
+    empty = tmp_path / "out"
+    (empty / "group" / "cv").mkdir(parents=True)
+    shutil.copy(out / "group" / "cv" / "cohort.tsv", empty / "group" / "cv" / "cohort.tsv")
+    assert _group(bids, empty, config, "cv") == EXIT_INPUT_MISSING
+    assert "none of the" in caplog.text and "run the participant level first" in caplog.text
+    assert not (empty / "group" / "cv" / "fold-0").exists()
+
+
 # -- the ensemble file ---------------------------------------------------------------------------
 def test_ensemble_round_trip_records_members(finished):
     from bids_amyloid.models import load_any_model

@@ -52,6 +52,15 @@ from bids_amyloid.config import ModelConfig
 from bids_amyloid.errors import InputMissingError, UsageError
 
 LOG = logging.getLogger(__name__)
+_RANDOM_WARNED: set[str] = set()
+
+
+def warn_random_once(message: str) -> None:
+    """Log a randomly-initialised-backbone warning once per process and message: a group run
+    builds and loads such networks dozens of times (every phase, fold and checkpoint)."""
+    if message not in _RANDOM_WARNED:
+        _RANDOM_WARNED.add(message)
+        LOG.warning("%s", message)
 
 BIOMEDCLIP = "biomedclip"
 BIOMEDCLIP_HUB_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -321,8 +330,8 @@ def build_backbone(model_cfg: ModelConfig, *, load_weights: bool = True) -> Back
         trunk = create_trunk(timm_name, model_cfg.image_size)
         sha, source, pretrained = state_dict_sha256(trunk.state_dict()), "random initialisation", False
         if not is_pretrained_name(name):
-            LOG.warning("backbone %s is RANDOMLY INITIALISED (no pretrained weights): for tests and "
-                        "demos only; the model file records this", name)
+            warn_random_once(f"backbone {name} is RANDOMLY INITIALISED (no pretrained weights): "
+                             "for tests and demos only; the model file records this")
             if model_cfg.backbone_weights and load_weights:
                 LOG.warning("backbone weights %s ignored: only 'biomedclip' loads weights",
                             model_cfg.backbone_weights)

@@ -55,6 +55,7 @@ from bids_amyloid.models.backbone import (
     BackboneWeightsError,
     build_backbone,
     state_dict_sha256,
+    warn_random_once,
 )
 from bids_amyloid.models.lora import LORA_MARK, base_state_dict
 from bids_amyloid.models.networks import AmyloidNetwork, build_model
@@ -267,6 +268,6 @@ def load_model(path: Path | str, device: str | torch.device = "cpu",
             raise ModelFileError(f"{path}: the stored backbone weights do not match their "
                                  "recorded SHA-256 (corrupted file?)")
         model.backbone.info = recorded
-        LOG.warning("%s uses a RANDOMLY INITIALISED %s backbone (test/demo model)", path,
-                    recorded.name)
+        warn_random_once(f"{path} uses a RANDOMLY INITIALISED {recorded.name} backbone "
+                         "(test/demo model)")
     return model.to(device).eval(), cfg, payload["meta"]

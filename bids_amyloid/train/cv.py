@@ -50,7 +50,7 @@ from bids_amyloid.calibration import PlattScaling
 from bids_amyloid.cohort import assign_splits
 from bids_amyloid.config import CohortConfig
 from bids_amyloid.derivatives import GroupRun
-from bids_amyloid.errors import UsageError
+from bids_amyloid.errors import InputMissingError, UsageError
 from bids_amyloid.evaluation import (
     best_threshold,
     metrics_row,
@@ -231,6 +231,11 @@ def run_cv(base: Run, cohort: pd.DataFrame, phases: list[str],
                     "%s); run the participant level for them", len(missing), base.files.missing)
         if base.writer:
             write_tsv(base.files.missing, missing)
+    if usable.empty:
+        raise InputMissingError(
+            f"--cv {k}: none of the {len(cohort)} cohort pairs has slice caches in "
+            f"{base.opts.output_dir}: run the participant level first (contrasts "
+            f"{', '.join(contrasts)} and PET)")
     folds = [run_fold(base, fold, fc, phases, contrasts)
              for fold, fc in enumerate(fold_cohorts(usable, k, base.cfg.cohort))]
     if not base.writer:
