@@ -118,6 +118,9 @@ def parse() -> argparse.Namespace:
                    help="model input (px, multiple of 16; protocol small only)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--cv", type=int, metavar="K",
+                   help="run every variant as group --cv K (K outer folds, one teacher each); "
+                        "the table then gives per-fold AUCs and the pooled out-of-fold AUC")
     p.add_argument("--report-only", action="store_true",
                    help="only summarise the finished runs (e.g. after runs in two processes)")
     return p.parse_args()
@@ -253,24 +256,46 @@ def truth_features(bids: Path, row: pd.Series) -> np.ndarray:
     return np.array([float(truth["cortical_thinning"]), float(truth["ventricle_growth_mm"])])
 
 
-def probe_auc(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray]) -> float:
-    """Test AUC of a logistic regression on ``features(row)``, fitted on the training
-    pairs: how much label signal a simple reader finds at that step."""
+def probe_predictions(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray]
+                      ) -> pd.DataFrame:
+    """A logistic regression on ``features(row)`` fitted on the training pairs of ``run``
+    (a group run or one ``--cv`` fold), applied to its test pairs: how much label signal a
+    simple reader finds at that step. Returns the test rows with a ``probability``."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from bids_amyloid.evaluation import auc
-
-    preds = pd.read_csv(run / "predictions.tsv", sep="\t")
     cohort = pd.read_csv(run / "cohort.tsv", sep="\t", dtype={"participant_id": str})
-    test = preds[(preds["split"] == "test") & (preds["model"] == preds["model"].iloc[0])]
+    test = student_predictions(run, "baseline").copy()
     train = cohort[(cohort["split"] == "train")]
     train = train[[_cache(out, r).is_file() for _, r in train.iterrows()]]
     xs = np.stack([features(r) for _, r in train.iterrows()])
     model = make_pipeline(StandardScaler(), LogisticRegression()).fit(xs, train["label"])
     xt = np.stack([features(r) for _, r in test.iterrows()])
-    return auc(test["label"].to_numpy(), model.predict_proba(xt)[:, 1])
+    test["probability"] = model.predict_proba(xt)[:, 1]
+    return test
+
+
+def probe_auc(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray]) -> float:
+    from bids_amyloid.evaluation import auc
+
+    test = probe_predictions(out, run, features)
+    return auc(test["label"].to_numpy(), test["probability"].to_numpy())
+
+
+def readers(args: argparse.Namespace, bids: Path, config: Path, run: Path
+            ) -> list[tuple[str, Callable[[pd.Series], np.ndarray]]]:
+    """The simple readers of :func:`probe_rows`, named with the slices they read."""
+    n_slices, size = model_input(config)
+    cache = np.load(_cache(args.out, student_predictions(run, "baseline").iloc[0]), mmap_mode="r")
+    return [
+        ("oracle's two numbers, logistic regression on the training pairs",
+         lambda r: truth_features(bids, r)),
+        (f"CSF-fraction probe, all {cache.shape[0]} cached slices at {cache.shape[-1]} px",
+         lambda r: csf_features(args.out, r, None, None)),
+        (f"CSF-fraction probe, the model's {n_slices} slices at {size} px",
+         lambda r: csf_features(args.out, r, n_slices, size)),
+    ]
 
 
 def probe_rows(args: argparse.Namespace, bids: Path, config: Path) -> list[dict[str, object]]:
@@ -279,18 +304,11 @@ def probe_rows(args: argparse.Namespace, bids: Path, config: Path) -> list[dict[
     training data the student has), and CSF readers of the whole slice cache and of the
     slices and size the model reads."""
     run = args.out / "group" / "baseline"
-    n_slices, size = model_input(config)
-    test = student_predictions(run, "baseline")
-    cache = np.load(_cache(args.out, test.iloc[0]), mmap_mode="r")
-    return [
-        {"row": "oracle (MRI-only, simulator truth)", "auc": oracle_on(bids, test)},
-        {"row": "oracle's two numbers, logistic regression on the training pairs",
-         "auc": probe_auc(args.out, run, lambda r: truth_features(bids, r))},
-        {"row": f"CSF-fraction probe, all {cache.shape[0]} cached slices at {cache.shape[-1]} px",
-         "auc": probe_auc(args.out, run, lambda r: csf_features(args.out, r, None, None))},
-        {"row": f"CSF-fraction probe, the model's {n_slices} slices at {size} px",
-         "auc": probe_auc(args.out, run, lambda r: csf_features(args.out, r, n_slices, size))},
-    ]
+    rows: list[dict[str, object]] = [{"row": "oracle (MRI-only, simulator truth)",
+                                      "auc": oracle_on(bids, student_predictions(run, "baseline"))}]
+    for name, features in readers(args, bids, config, run):
+        rows.append({"row": name, "auc": probe_auc(args.out, run, features)})
+    return rows
 
 
 def _cache(out: Path, row: pd.Series) -> Path:
@@ -306,13 +324,17 @@ def teacher_auc(run: Path) -> tuple[float, float, float]:
     return with_ci(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
 
 
+def run_folder(args: argparse.Namespace, variant: str) -> Path:
+    """The group run of a variant: ``group/<variant>``, or ``group/cv<K>-<variant>``."""
+    return args.out / "group" / (f"cv{args.cv}-{variant}" if args.cv else variant)
+
+
 def run_variant(args: argparse.Namespace, bids: Path, config: Path, variant: str) -> float:
     """One group run; returns its wall time (s)."""
     from train_fixtures import shuffle_labels
 
-    group = args.out / "group"
-    run = group / variant
-    base = group / "baseline" / "cohort.tsv"
+    run = run_folder(args, variant)
+    base = run_folder(args, "baseline") / "cohort.tsv"
     if variant != "baseline":
         if not base.is_file():
             raise SystemExit(f"{variant} needs the baseline's {base}: run the baseline first")
@@ -322,15 +344,68 @@ def run_variant(args: argparse.Namespace, bids: Path, config: Path, variant: str
             raw = pd.read_csv(base, sep="\t", dtype=str, keep_default_na=False)
             shuffle_labels(raw, seed=1).to_csv(run / "cohort.tsv", sep="\t", index=False)
     extra = list(VARIANTS[variant])
-    if variant in REUSE_TEACHER:
-        extra += ["--teacher", str(group / "baseline" / "teacher.pt")]
+    if args.cv:             # one teacher per fold: a shared one would have seen the test folds
+        extra += ["--cv", str(args.cv)]
+    elif variant in REUSE_TEACHER:
+        extra += ["--teacher", str(run_folder(args, "baseline") / "teacher.pt")]
     start = time.perf_counter()
-    code = call([str(bids), str(args.out), "group", "--stage", "all", "--run-name", variant,
+    code = call([str(bids), str(args.out), "group", "--stage", "all", "--run-name", run.name,
                  "--config", str(config), "--device", args.device, "--deterministic", "-q",
                  *extra])
     if code != 0:
         raise SystemExit(f"{variant}: group run failed with exit code {code}")
     return time.perf_counter() - start
+
+
+def _fold_row(name: str, per_fold: list[float], pooled: tuple[float, float, float]
+              ) -> dict[str, object]:
+    row: dict[str, object] = {"row": name}
+    row.update({f"fold {k}": v for k, v in enumerate(per_fold)})
+    row.update({"mean": float(np.mean(per_fold)), "auc": pooled[0], "ci_low": pooled[1],
+                "ci_high": pooled[2]})
+    return row
+
+
+def summarise_cv(args: argparse.Namespace, bids: Path, config: Path,
+                 seconds: dict[str, float]) -> pd.DataFrame:
+    """Per-fold test AUCs, their mean, and the pooled out-of-fold AUC (``auc``) with its
+    subject-bootstrap CI, for the oracle, the simple readers, the teachers and the students:
+    every subject is tested once, so the comparison rests on the whole cohort."""
+    from bids_amyloid.evaluation import auc
+
+    def folds(variant: str) -> list[Path]:
+        return sorted(run_folder(args, variant).glob("fold-*"))
+
+    def row(name: str, tests: list[pd.DataFrame]) -> dict[str, object]:
+        aucs = [auc(t["label"].to_numpy(), t["probability"].to_numpy()) for t in tests]
+        return _fold_row(name, aucs, with_ci(pd.concat(tests)))
+
+    base = folds("baseline")
+    tests = [student_predictions(f, "baseline") for f in base]
+    oracle = [oracle_on(bids, t) for t in tests]
+    rows = [_fold_row("oracle (MRI-only, simulator truth)", oracle,
+                      (oracle_on(bids, pd.concat(tests)), float("nan"), float("nan")))]
+    for name, features in readers(args, bids, config, base[0]):
+        rows.append(row(name, [probe_predictions(args.out, f, features) for f in base]))
+    done = [v for v in VARIANTS if (run_folder(args, v) / "oof_predictions.tsv").is_file()]
+    for variant in done:
+        if variant != "no-teacher":
+            teachers = []
+            for f in folds(variant):
+                preds = pd.read_csv(f / "predictions.tsv", sep="\t")
+                teachers.append(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
+            rows.append(row(f"teacher [{variant}]", teachers))
+    students: dict[str, pd.DataFrame] = {}
+    for variant in done:
+        per_fold = [student_predictions(f, variant) for f in folds(variant)]
+        students[variant] = pd.concat(per_fold)
+        rows.append({**row(f"student [{variant}]", per_fold), "n_test": len(students[variant]),
+                     "minutes": seconds.get(variant, float("nan")) / 60})
+    if "no-teacher" in students:
+        d, lo, hi = paired_difference(students["baseline"], students["no-teacher"])
+        rows.append({"row": "student − no-teacher (paired, pooled)", "auc": d, "ci_low": lo,
+                     "ci_high": hi})
+    return pd.DataFrame(rows)
 
 
 def summarise(args: argparse.Namespace, bids: Path, config: Path,
@@ -386,7 +461,7 @@ def main() -> None:
             continue
         seconds[variant] = run_variant(args, bids, config, variant)
         print(f"--- {variant}: {seconds[variant] / 60:.1f} min", flush=True)
-    table = summarise(args, bids, config, seconds)
+    table = (summarise_cv if args.cv else summarise)(args, bids, config, seconds)
     table.to_csv(args.out / "group" / "quality.tsv", sep="\t", index=False, float_format="%.4f")
     print("\n" + table.to_string(index=False, float_format="%.3f", na_rep=""))
     print("\n" + "\n".join(verdict(table)))
