@@ -64,11 +64,13 @@ SMALL_COHORT_LRS = "lr_heads = 1e-3\nlr_projection = 5e-4\nlr_lora = 5e-4\n"  # 
 def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
                             distill_epochs: int = 6, train_extra: str = "",
                             distill_extra: str = "", image_size: int = 32, n_slices: int = 6,
-                            contrastive_epochs: int = 2, model_extra: str = "") -> str:
+                            contrastive_epochs: int = 2, model_extra: str = "",
+                            distill_batch: int = 6) -> str:
     """The group-level TOML of a small synthetic cohort on CPU.
 
     A tiny randomly initialised ViT (:data:`BACKBONE`) on 32 px slices, 6 slices
-    per sample (``image_size``, ``n_slices``), batches of 6, no augmentation, fp32,
+    per sample (``image_size``, ``n_slices``), batches of 6 (phase 3: ``distill_batch``), no
+    augmentation, fp32,
     2 contrastive epochs, and the
     small-cohort phase-3 rule of :func:`bids_amyloid.train.phases.head_budget`:
     one optimiser step per batch (``accumulation = 1``) and a classifier layer
@@ -108,7 +110,7 @@ lr_classifier = 2e-4
 
 [distill]
 max_epochs = {distill_epochs}
-batch_size = 6
+batch_size = {distill_batch}
 accumulation = 1
 reinit_gain = 0.0
 {distill_extra}"""
