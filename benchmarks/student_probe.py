@@ -15,6 +15,7 @@ For one group run, passes every cohort pair's MRI through the saved student and 
 ::
 
     python benchmarks/student_probe.py OUT OUT/group/RUN [--model student_T1w.pt]
+    python benchmarks/student_probe.py OUT OUT/group/RUN/fold-K      # one --cv fold
 """
 
 from __future__ import annotations
@@ -43,7 +44,10 @@ def embed(out: Path, run: Path, model_file: str) -> tuple[pd.DataFrame, np.ndarr
     from bids_amyloid.predict.inference import infer
     from bids_amyloid.predict.model import load_predict_model
 
-    model = load_predict_model(run / model_file, load_config(run / "config.toml"))
+    config = run / "config.toml"
+    if not config.is_file():                    # a --cv fold: the run's configuration
+        config = run.parent / "config.toml"
+    model = load_predict_model(run / model_file, load_config(config))
     cohort = pd.read_csv(run / "cohort.tsv", sep="\t", dtype=str)
     contrasts = tuple(model.network.contrasts)
     plans = []

@@ -286,6 +286,34 @@ def probe_auc(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray])
     return auc(test["label"].to_numpy(), test["probability"].to_numpy())
 
 
+def backbone_features(out: Path, config: Path) -> Callable[[pd.Series], np.ndarray]:
+    """The untrained backbone as a reader: the mean over the model's slices of its pooled
+    output (CLS), before LoRA, projection or any training (random for a test ViT, the
+    pretrained weights for BiomedCLIP), memoised per MRI session."""
+    import torch
+
+    from bids_amyloid.config import load_config
+    from bids_amyloid.models.backbone import build_backbone
+    from bids_amyloid.models.inputs import prepare_slices
+    from bids_amyloid.train.data import even_positions
+
+    cfg = load_config(config)
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.model).eval()
+    memo: dict[Path, np.ndarray] = {}
+
+    @torch.no_grad()
+    def features(row: pd.Series) -> np.ndarray:
+        path = _cache(out, row)
+        if path not in memo:
+            x = np.load(path).astype(np.float32)
+            x = x[even_positions(len(x), cfg.train.n_train_slices)]
+            memo[path] = backbone(prepare_slices(x, size=cfg.model.image_size)).mean(0).numpy()
+        return memo[path]
+
+    return features
+
+
 def readers(args: argparse.Namespace, bids: Path, config: Path, run: Path
             ) -> list[tuple[str, Callable[[pd.Series], np.ndarray]]]:
     """The simple readers of :func:`probe_rows`, named with the slices they read."""
@@ -298,14 +326,16 @@ def readers(args: argparse.Namespace, bids: Path, config: Path, run: Path
          lambda r: csf_features(args.out, r, None, None)),
         (f"CSF-fraction probe, the model's {n_slices} slices at {size} px",
          lambda r: csf_features(args.out, r, n_slices, size)),
+        (f"untrained backbone's features, the model's {n_slices} slices at {size} px",
+         backbone_features(args.out, config)),
     ]
 
 
 def probe_rows(args: argparse.Namespace, bids: Path, config: Path) -> list[dict[str, object]]:
     """From the simulator's truth to the student's input, the label signal left at each step:
     the oracle, a reader of the oracle's two numbers fitted on the training pairs (the same
-    training data the student has), and CSF readers of the whole slice cache and of the
-    slices and size the model reads."""
+    training data the student has), CSF readers of the whole slice cache and of the
+    slices and size the model reads, and a reader of the untrained backbone's features."""
     run = args.out / "group" / "baseline"
     rows: list[dict[str, object]] = [{"row": "oracle (MRI-only, simulator truth)",
                                       "auc": oracle_on(bids, student_predictions(run, "baseline"))}]
