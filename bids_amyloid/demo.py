@@ -69,12 +69,11 @@ def small_cohort_group_toml(*, bootstrap: int = 1000, pretrain_epochs: int = 4,
     """The group-level TOML of a small synthetic cohort on CPU.
 
     A tiny randomly initialised ViT (:data:`BACKBONE`) on 32 px slices, 6 slices
-    per sample (``image_size``, ``n_slices``), batches of 6 (phase 3: ``distill_batch``), no
-    augmentation, fp32,
-    2 contrastive epochs, and the
-    small-cohort phase-3 rule of :func:`bids_amyloid.train.phases.head_budget`:
-    one optimiser step per batch (``accumulation = 1``) and a classifier layer
-    re-initialised at zero (``reinit_gain = 0``). ``model_extra``, ``train_extra`` and
+    per sample (``image_size``, ``n_slices``), batches of 6 (phase 3: ``distill_batch``),
+    no augmentation, fp32, 2 contrastive epochs, and the small-cohort phase-3 rule of
+    :func:`bids_amyloid.train.phases.head_budget`: one optimiser step per batch
+    (``accumulation = 1``) and a classifier layer re-initialised at zero
+    (``reinit_gain = 0``). ``model_extra``, ``train_extra`` and
     ``distill_extra`` are TOML lines appended to ``[model]``, ``[train]`` and ``[distill]``.
     The demo, ``tests/test_learning.py``, ``benchmarks/calibration.py`` and
     ``benchmarks/train_quality.py`` use it.

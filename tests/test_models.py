@@ -147,6 +147,17 @@ def test_hugging_face_cache_is_read_offline(open_clip_dir, tmp_path, monkeypatch
     assert torch.equal(backbone(x), model.visual.trunk(x))
 
 
+def test_random_backbone_warning_is_logged_once_per_message(caplog):
+    """A group run builds and loads test networks dozens of times; each warning shows once."""
+    from bids_amyloid.models.backbone import warn_random_once
+
+    for _ in range(3):
+        warn_random_once("test-only message A")
+    warn_random_once("test-only message B")
+    assert caplog.text.count("test-only message A") == 1
+    assert caplog.text.count("test-only message B") == 1
+
+
 def test_missing_weights_error_says_how_to_provide_them():
     with pytest.raises(BackboneWeightsError) as err:
         build_backbone(pretrained_cfg(None).model)
