@@ -62,7 +62,7 @@ def test_contrastive_penalties_carry_gradient():
     p = a.detach().clone()
     out = losses.contrastive_terms(a, p, n, torch.zeros(3), torch.zeros(3), margin=1.0,
                                    norm_weight=0.0, s=1.0)
-    assert float(out["collapse"]) > 0.4 and float(out["neg_cos"]) > 1.0
+    assert float(out["collapse"].detach()) > 0.4 and float(out["neg_cos"].detach()) > 1.0
     penalty = out["collapse"] + 0.5 * out["neg_cos"]
     penalty.backward()
     assert a.grad is not None and float(a.grad.abs().sum()) > 0
@@ -447,3 +447,20 @@ def test_student_without_teacher_learns_from_its_classification_loss_alone():
     assert float(out["loss"]) == pytest.approx(0.3 * float(focal["loss"]), rel=1e-5)
     out["loss"].backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in student.parameters())
+
+
+def test_roc_figure_of_a_single_class_split_says_so_without_warnings():
+    """A test split holding one class (possible on a small cohort) draws no curve: the figure
+    says so instead of asking matplotlib for an empty legend (a UserWarning before)."""
+    import warnings
+
+    import pandas as pd
+
+    from bids_amyloid.train.report import roc_test_figure
+
+    preds = pd.DataFrame({"model": ["student_T1w"] * 3, "split": ["test"] * 3,
+                          "label": [1, 1, 1], "probability": [0.2, 0.6, 0.9]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        png = roc_test_figure(preds)
+    assert png is not None and png.startswith(b"\x89PNG")

@@ -93,6 +93,15 @@ def _roc(ax: Any, labels: np.ndarray, probs: np.ndarray, label: str, **style: An
     ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(labels, probs):.2f})", **style)
 
 
+def _roc_legend(ax: Any) -> None:
+    """The curves' legend, or a note where no curve could be drawn (a single class)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "one class only: no ROC", ha="center", va="center",
+                transform=ax.transAxes)
+
+
 def load_histories(paths: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
     return {phase: json.loads(p.read_text()) for phase, p in paths.items() if p.is_file()}
 
@@ -114,7 +123,7 @@ def roc_epochs_figure(histories: dict[str, list[dict[str, Any]]]) -> bytes | Non
                  f"epoch {row['epoch']}", **style)
         _roc_axes(ax)
         ax.set_title(f"{phase}: validation")
-        ax.legend(loc="lower right", fontsize=8)
+        _roc_legend(ax)
     return _png(fig)
 
 
@@ -132,7 +141,7 @@ def roc_test_figure(predictions: pd.DataFrame) -> bytes | None:
         _roc(ax, group["label"].to_numpy(), group["probability"].to_numpy(), str(model))
     _roc_axes(ax)
     ax.set_title(f"final models: {split}")
-    ax.legend(loc="lower right", fontsize=8)
+    _roc_legend(ax)
     return _png(fig)
 
 
