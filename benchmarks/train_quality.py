@@ -46,8 +46,9 @@ Three protocols (``--protocol``):
     template, 16 slices of 112 px, cheaper PET registration); the same group schedule
     at 64 px on 8 slices (``--image-size``, ``--epochs``).
 
-``--config`` replaces the group runs' TOML. Results: ``OUT/group/quality.tsv`` and
-stdout, with each run's wall time.
+``--config`` replaces the group runs' TOML; ``--train-seed S`` sets its ``[train] seed``
+(runs ``…-s<S>``); ``--cv K`` runs every variant as ``group --cv K`` (runs ``cv<K>-…``).
+Results: ``OUT/group/quality[-cv<K>][-s<S>].tsv`` and stdout, with each run's wall time.
 """
 
 from __future__ import annotations
@@ -123,6 +124,9 @@ def parse() -> argparse.Namespace:
                    help="model input (px, multiple of 16; protocol small only)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--device", default="cpu")
+    p.add_argument("--train-seed", type=int, metavar="S",
+                   help="[train] seed of every group run (runs named ...-s<S>): training on "
+                        "this proxy varies from seed to seed, so compare protocols over seeds")
     p.add_argument("--cv", type=int, metavar="K",
                    help="run every variant as group --cv K (K outer folds, one teacher each); "
                         "the table then gives per-fold AUCs and the pooled out-of-fold AUC")
@@ -164,16 +168,31 @@ def prepare_data(args: argparse.Namespace) -> Path:
     return args.bids
 
 
+def with_train_seed(toml: str, seed: int | None) -> str:
+    """The group TOML with ``[train] seed`` set (the seed of initialisation, sampling and
+    dropout; the split is ``[cohort] split_seed`` and does not change)."""
+    if seed is None:
+        return toml
+    if "[train]\n" in toml:
+        return toml.replace("[train]\n", f"[train]\nseed = {seed}\n", 1)
+    return toml + f"\n[train]\nseed = {seed}\n"
+
+
 def group_config(args: argparse.Namespace) -> Path:
-    if args.config is not None:
+    if args.config is not None and args.train_seed is None:
         return args.config
-    path = args.out / "group" / "quality.toml"
+    suffix = "" if args.train_seed is None else f"-s{args.train_seed}"
+    path = args.out / "group" / f"quality{suffix}.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    p1, p2, p3 = args.epochs
-    small = small_cohort_group_toml(
-        image_size=args.image_size, n_slices=8, pretrain_epochs=p1, contrastive_epochs=p2,
-        distill_epochs=p3, distill_extra=SMALL_COHORT_LRS)
-    path.write_text({"demo": DEMO_CONFIG, "demo-64": GROUP_64PX, "small": small}[args.protocol])
+    if args.config is not None:
+        text = args.config.read_text()
+    else:
+        p1, p2, p3 = args.epochs
+        small = small_cohort_group_toml(
+            image_size=args.image_size, n_slices=8, pretrain_epochs=p1, contrastive_epochs=p2,
+            distill_epochs=p3, distill_extra=SMALL_COHORT_LRS)
+        text = {"demo": DEMO_CONFIG, "demo-64": GROUP_64PX, "small": small}[args.protocol]
+    path.write_text(with_train_seed(text, args.train_seed))
     return path
 
 
@@ -338,7 +357,7 @@ def probe_rows(args: argparse.Namespace, bids: Path, config: Path) -> list[dict[
     the oracle, a reader of the oracle's two numbers fitted on the training pairs (the same
     training data the student has), CSF readers of the whole slice cache and of the
     slices and size the model reads, and a reader of the untrained backbone's features."""
-    run = args.out / "group" / "baseline"
+    run = run_folder(args, "baseline")
     rows: list[dict[str, object]] = [{"row": "oracle (MRI-only, simulator truth)",
                                       "auc": oracle_on(bids, student_predictions(run, "baseline"))}]
     for name, features in readers(args, bids, config, run):
@@ -360,8 +379,10 @@ def teacher_auc(run: Path) -> tuple[float, float, float]:
 
 
 def run_folder(args: argparse.Namespace, variant: str) -> Path:
-    """The group run of a variant: ``group/<variant>``, or ``group/cv<K>-<variant>``."""
-    return args.out / "group" / (f"cv{args.cv}-{variant}" if args.cv else variant)
+    """The group run of a variant: ``group/<variant>``, or ``group/cv<K>-<variant>``, with
+    ``-s<seed>`` under ``--train-seed``."""
+    name = f"cv{args.cv}-{variant}" if args.cv else variant
+    return args.out / "group" / (name if args.train_seed is None else f"{name}-s{args.train_seed}")
 
 
 def run_variant(args: argparse.Namespace, bids: Path, config: Path, variant: str) -> float:
@@ -445,16 +466,15 @@ def summarise_cv(args: argparse.Namespace, bids: Path, config: Path,
 
 def summarise(args: argparse.Namespace, bids: Path, config: Path,
               seconds: dict[str, float]) -> pd.DataFrame:
-    group = args.out / "group"
-    done = [v for v in VARIANTS if (group / v / "predictions.tsv").is_file()]
-    tests = {v: student_predictions(group / v, v) for v in done}
+    done = [v for v in VARIANTS if (run_folder(args, v) / "predictions.tsv").is_file()]
+    tests = {v: student_predictions(run_folder(args, v), v) for v in done}
     base = tests["baseline"]
     rows: list[dict[str, object]] = []
     if not args.synthetic:
         rows.extend(probe_rows(args, bids, config))
     for variant in done:
         if variant not in REUSE_TEACHER and variant != "no-teacher":
-            t, lo, hi = teacher_auc(group / variant)
+            t, lo, hi = teacher_auc(run_folder(args, variant))
             rows.append({"row": f"teacher [{variant}]", "auc": t, "ci_low": lo, "ci_high": hi})
     for variant in done:
         value, lo, hi = with_ci(tests[variant])
@@ -497,7 +517,8 @@ def main() -> None:
         seconds[variant] = run_variant(args, bids, config, variant)
         print(f"--- {variant}: {seconds[variant] / 60:.1f} min", flush=True)
     table = (summarise_cv if args.cv else summarise)(args, bids, config, seconds)
-    table.to_csv(args.out / "group" / "quality.tsv", sep="\t", index=False, float_format="%.4f")
+    table.to_csv(run_folder(args, "quality").with_suffix(".tsv"), sep="\t", index=False,
+                 float_format="%.4f")
     print("\n" + table.to_string(index=False, float_format="%.3f", na_rep=""))
     print("\n" + "\n".join(verdict(table)))
 
