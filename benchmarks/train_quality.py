@@ -270,14 +270,18 @@ def csf_features(out: Path, row: pd.Series, n_slices: int | None, size: int | No
                      float(values.mean())])
 
 
-def truth_features(bids: Path, row: pd.Series) -> np.ndarray:
-    """The simulator's two MRI-visible numbers of the pair's MRI session (what the oracle
-    scores): cortical thinning and ventricle growth."""
+def truth_features(bids: Path) -> Callable[[pd.Series], np.ndarray]:
+    """The simulator's two MRI-visible numbers of a pair's MRI session (what the oracle
+    scores): cortical thinning and ventricle growth; the truth table is read once."""
     from bids_amyloid.sim.oracle import read_parameters
 
     table = read_parameters(bids).set_index(["participant_id", "session_id"])
-    truth = table.loc[(str(row["participant_id"]), str(row["mri_session"]))]
-    return np.array([float(truth["cortical_thinning"]), float(truth["ventricle_growth_mm"])])
+
+    def features(row: pd.Series) -> np.ndarray:
+        truth = table.loc[(str(row["participant_id"]), str(row["mri_session"]))]
+        return np.array([float(truth["cortical_thinning"]), float(truth["ventricle_growth_mm"])])
+
+    return features
 
 
 def probe_predictions(out: Path, run: Path, features: Callable[[pd.Series], np.ndarray]
@@ -342,7 +346,7 @@ def readers(args: argparse.Namespace, bids: Path, config: Path, run: Path
     cache = np.load(_cache(args.out, student_predictions(run, "baseline").iloc[0]), mmap_mode="r")
     return [
         ("oracle's two numbers, logistic regression on the training pairs",
-         lambda r: truth_features(bids, r)),
+         truth_features(bids)),
         (f"CSF-fraction probe, all {cache.shape[0]} cached slices at {cache.shape[-1]} px",
          lambda r: csf_features(args.out, r, None, None)),
         (f"CSF-fraction probe, the model's {n_slices} slices at {size} px",
@@ -373,9 +377,14 @@ def _cache(out: Path, row: pd.Series) -> Path:
                                        str(row["mri_session"]).removeprefix("ses-"), "T1w")
 
 
-def teacher_auc(run: Path) -> tuple[float, float, float]:
+def teacher_predictions(run: Path) -> pd.DataFrame:
+    """The teacher's test predictions of one run (or one ``--cv`` fold)."""
     preds = pd.read_csv(run / "predictions.tsv", sep="\t")
-    return with_ci(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
+    return preds[(preds["model"] == "teacher") & (preds["split"] == "test")]
+
+
+def teacher_auc(run: Path) -> tuple[float, float, float]:
+    return with_ci(teacher_predictions(run))
 
 
 def run_folder(args: argparse.Namespace, variant: str) -> Path:
@@ -446,11 +455,7 @@ def summarise_cv(args: argparse.Namespace, bids: Path, config: Path,
     done = [v for v in VARIANTS if (run_folder(args, v) / "oof_predictions.tsv").is_file()]
     for variant in done:
         if variant != "no-teacher":
-            teachers = []
-            for f in folds(variant):
-                preds = pd.read_csv(f / "predictions.tsv", sep="\t")
-                teachers.append(preds[(preds["model"] == "teacher") & (preds["split"] == "test")])
-            rows.append(row(f"teacher [{variant}]", teachers))
+            rows.append(row(f"teacher [{variant}]", [teacher_predictions(f) for f in folds(variant)]))
     students: dict[str, pd.DataFrame] = {}
     for variant in done:
         per_fold = [student_predictions(f, variant) for f in folds(variant)]
